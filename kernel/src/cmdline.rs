@@ -1,0 +1,61 @@
+//! The kernel command line: space-separated `key` or `key=value` words.
+//!
+//! Known keys: `node=N` (this node's id), `test` (run the kernel tests),
+//! `test.only=A,B` (only those tests, in that order), `test.skip=K` (resume
+//! after the K-th selected test), `test.demo_failures` (also register two
+//! deliberately broken tests, for the harness's own test). Unknown words are
+//! kept for later subsystems and otherwise ignored.
+
+/// The parsed command line.
+#[derive(Debug, Default, Clone)]
+pub struct Args {
+    /// This node's id.
+    pub node: u32,
+    /// Run the kernel tests instead of the normal boot.
+    pub test: bool,
+    /// Comma-separated test names to run, when given.
+    pub test_only: Option<&'static str>,
+    /// How many selected tests to skip (they ran in an earlier boot).
+    pub test_skip: usize,
+    /// Include the deliberately failing and faulting tests.
+    pub test_demo_failures: bool,
+}
+
+impl Args {
+    /// Parses the command line; malformed values are reported and ignored.
+    pub fn parse(line: &'static str) -> Args {
+        let mut args = Args::default();
+        for word in line.split_ascii_whitespace() {
+            let (key, value) = word.split_once('=').unwrap_or((word, ""));
+            match key {
+                "node" => args.node = number(key, value).unwrap_or(0),
+                "test" => args.test = true,
+                "test.only" => args.test_only = Some(value),
+                "test.skip" => args.test_skip = number(key, value).unwrap_or(0),
+                "test.demo_failures" => args.test_demo_failures = true,
+                _ => {}
+            }
+        }
+        args
+    }
+}
+
+fn number<T: core::str::FromStr>(key: &str, value: &str) -> Option<T> {
+    let parsed = value.parse().ok();
+    if parsed.is_none() {
+        log::warn!("command line: {key}={value:?} is not a number; ignored");
+    }
+    parsed
+}
+
+crate::kernel_test!(
+    fn cmdline_parses_known_keys() {
+        let a = Args::parse("node=3 test test.only=a,b test.skip=2 test.demo_failures extra=1");
+        assert_eq!(a.node, 3);
+        assert!(a.test && a.test_demo_failures);
+        assert_eq!(a.test_only, Some("a,b"));
+        assert_eq!(a.test_skip, 2);
+        let bad = Args::parse("node=x");
+        assert_eq!(bad.node, 0);
+    }
+);

@@ -1,0 +1,116 @@
+//! The monotonic clock and the periodic tick.
+//!
+//! At boot, one 10 ms window of the PIT calibrates both the TSC (the clock:
+//! reading it does not leave the VM, which matters under nested KVM where
+//! every exit costs 100-200 µs) and the local APIC timer (the tick, which
+//! wakes `hlt` so that waiting does not burn the CPU).
+
+use core::sync::atomic::{AtomicU64, Ordering};
+
+/// Periodic timer interrupts per second.
+pub const TICK_HZ: u64 = 100;
+/// Length of the calibration window.
+const CALIBRATION_MS: u64 = 10;
+
+static TSC_HZ: AtomicU64 = AtomicU64::new(0);
+static TSC_AT_BOOT: AtomicU64 = AtomicU64::new(0);
+static TICKS: AtomicU64 = AtomicU64::new(0);
+static APIC_COUNT_PER_TICK: AtomicU64 = AtomicU64::new(0);
+
+fn rdtsc() -> u64 {
+    // SAFETY: rdtsc only reads the time-stamp counter (CR4.TSD is clear).
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
+/// Calibrates the TSC and the APIC timer, then starts the tick.
+pub fn init() {
+    let (mut t0, mut t1) = (0, 0);
+    let apic_ticks =
+        crate::arch::apic::calibrate_timer(CALIBRATION_MS, || t0 = rdtsc(), || t1 = rdtsc());
+    let tsc_hz = (t1 - t0) * 1000 / CALIBRATION_MS;
+    TSC_HZ.store(tsc_hz.max(1), Ordering::Relaxed);
+    TSC_AT_BOOT.store(t0, Ordering::Relaxed);
+    let per_tick = apic_ticks * 1000 / CALIBRATION_MS / TICK_HZ;
+    APIC_COUNT_PER_TICK.store(per_tick, Ordering::Relaxed);
+    crate::arch::apic::start_periodic(per_tick.min(u32::MAX as u64) as u32);
+}
+
+/// TSC frequency found at boot.
+pub fn tsc_hz() -> u64 {
+    TSC_HZ.load(Ordering::Relaxed)
+}
+
+/// Nanoseconds since calibration; 0 before it. Never goes backwards.
+pub fn now_ns() -> u64 {
+    let hz = TSC_HZ.load(Ordering::Relaxed);
+    if hz == 0 {
+        return 0;
+    }
+    let elapsed = rdtsc().saturating_sub(TSC_AT_BOOT.load(Ordering::Relaxed));
+    (elapsed as u128 * 1_000_000_000 / hz as u128) as u64
+}
+
+/// Timer interrupts since the tick started.
+pub fn ticks() -> u64 {
+    TICKS.load(Ordering::Relaxed)
+}
+
+/// Called from the timer interrupt.
+pub fn on_tick() {
+    TICKS.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Waits at least `ns` nanoseconds, halting between ticks.
+pub fn sleep_ns(ns: u64) {
+    let deadline = now_ns() + ns;
+    while now_ns() < deadline {
+        // Interrupts are on, so the next tick ends the hlt.
+        x86_64::instructions::interrupts::enable_and_hlt();
+    }
+}
+
+crate::kernel_test!(
+    fn clock_calibration_found_frequencies() {
+        assert!(
+            tsc_hz() > 1_000_000,
+            "TSC runs at more than 1 MHz: {}",
+            tsc_hz()
+        );
+        assert!(
+            APIC_COUNT_PER_TICK.load(Ordering::Relaxed) > 0,
+            "APIC timer counts"
+        );
+    }
+);
+
+crate::kernel_test!(
+    fn clock_is_monotonic() {
+        let mut last = now_ns();
+        for _ in 0..1000 {
+            let t = now_ns();
+            assert!(t >= last, "clock went back from {last} to {t}");
+            last = t;
+        }
+    }
+);
+
+crate::kernel_test!(
+    fn clock_sleep_waits_at_least_the_request() {
+        let start = now_ns();
+        sleep_ns(20_000_000);
+        assert!(now_ns() - start >= 20_000_000);
+    }
+);
+
+crate::kernel_test!(
+    fn timer_ticks_arrive_while_halted() {
+        let before = ticks();
+        // A tick comes every 10 ms; a whole second without one is a hang.
+        let limit = now_ns() + 1_000_000_000;
+        while ticks() == before {
+            assert!(now_ns() < limit, "no timer interrupt within a second");
+            x86_64::instructions::interrupts::enable_and_hlt();
+        }
+        assert!(ticks() > before);
+    }
+);
