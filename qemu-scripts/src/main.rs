@@ -1,0 +1,288 @@
+//! `shmos`: build the kernel, boot it in QEMU, run the host and kernel tests.
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+use shmos::cleanup::{self, Workdir};
+use shmos::harness::{self, KernelTests};
+use shmos::host::{self, AccelChoice};
+use shmos::vm::{self, Firmware, VmConfig};
+use shmos::{Outcome, cargo};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Exit status when the tool itself fails (build error, QEMU missing, ...).
+const TOOL_ERROR: u8 = 4;
+
+const AFTER_HELP: &str = "\
+Exit status:
+  0    success: the kernel reported success / every test passed
+  1    the kernel reported failure / a test failed
+  2    abnormal stop: the VM reset or QEMU failed, or the kernel stopped
+       outside the test protocol (also: invalid command line)
+  3    timeout: a VM ran longer than --timeout and was killed
+  4    the tool failed: kernel build error, QEMU missing, ...
+  130  interrupted by Ctrl-C or SIGTERM (every QEMU is killed first)
+
+Environment:
+  SHMOS_ACCEL  default for --accel (auto, kvm or tcg)
+  SHMOS_ROOT   repository root (default: where this tool was built from)";
+
+const TEST_ABOUT: &str = "\
+Run the host tests (cargo test) and the kernel tests in QEMU:
+  1. cargo test --workspace in the repository root, with SHMOS_ACCEL set to the chosen accel
+  2. the kernel's tests with --firmware, rebooting past crashes (test.skip=K)
+  3. one SeaBIOS boot of the serial_console_writes test (unless --only or --firmware seabios)
+The last line is `total: N passed, M failed`. Exit 0 only if everything passed
+and at least one kernel test ran (a host test with --host-only).";
+
+#[derive(Parser)]
+#[command(name = "shmos", about = "Build, boot and test the shmos kernel", after_help = AFTER_HELP)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build the kernel and boot one VM, streaming its console.
+    #[command(after_help = AFTER_HELP)]
+    Run(RunArgs),
+    /// Run the host tests (cargo test) and the kernel tests in QEMU.
+    #[command(after_help = AFTER_HELP, long_about = TEST_ABOUT)]
+    Test(TestArgs),
+}
+
+#[derive(Args)]
+struct VmArgs {
+    /// Accelerator [default: $SHMOS_ACCEL, else auto: kvm if /dev/kvm is usable, else tcg]
+    #[arg(long, value_enum)]
+    accel: Option<AccelChoice>,
+    /// Firmware that loads the kernel.
+    #[arg(long, value_enum, default_value_t = Firmware::Qboot)]
+    firmware: Firmware,
+    /// Kill a VM that runs longer than this many seconds (per boot).
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    timeout: u64,
+    /// Guest memory, in QEMU syntax.
+    #[arg(long, default_value = "256M")]
+    memory: String,
+    /// Extra kernel command line keys.
+    #[arg(
+        long,
+        value_name = "EXTRA",
+        default_value = "",
+        allow_hyphen_values = true
+    )]
+    append: String,
+    /// Boot this ELF instead of building kernel/.
+    #[arg(long, value_name = "ELF")]
+    kernel: Option<PathBuf>,
+}
+
+impl VmArgs {
+    /// The kernel to boot: `--kernel`, else a fresh build.
+    fn kernel(&self, root: &Path) -> Result<PathBuf> {
+        match &self.kernel {
+            Some(elf) => Ok(elf.clone()),
+            None => cargo::build_kernel(root),
+        }
+    }
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    vm: VmArgs,
+    /// Start QEMU's gdb server on :1234 with the CPU stopped (disables --timeout).
+    #[arg(long)]
+    gdb: bool,
+}
+
+#[derive(Args)]
+struct TestArgs {
+    #[command(flatten)]
+    vm: VmArgs,
+    /// Run only these kernel tests (exact names; repeat or separate with commas).
+    #[arg(long, value_name = "NAME", num_args = 1.., value_delimiter = ',')]
+    only: Vec<String>,
+    /// Skip the host tests (cargo test).
+    #[arg(long, conflicts_with = "host_only")]
+    kernel_only: bool,
+    /// Skip the kernel tests.
+    #[arg(long)]
+    host_only: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Err(e) = cleanup::install_signal_handler() {
+        eprintln!("shmos: warning: {e:#}");
+    }
+    let result = match cli.command {
+        Cmd::Run(args) => run(args),
+        Cmd::Test(args) => test(args),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("shmos: error: {e:#}");
+            ExitCode::from(TOOL_ERROR)
+        }
+    }
+}
+
+/// A VM config for the kernel from the shared flags.
+fn vm_config(args: &VmArgs, kernel: PathBuf, workdir: &Workdir) -> Result<VmConfig> {
+    let mut cfg = VmConfig::new(kernel, host::choose_accel(args.accel)?, args.firmware);
+    cfg.memory = args.memory.clone();
+    cfg.cmdline = args.append.clone();
+    cfg.workdir = Some(workdir.path().to_owned());
+    Ok(cfg)
+}
+
+fn run(args: RunArgs) -> Result<u8> {
+    let root = shmos::repo_root();
+    host::ensure_qemu()?;
+    host::choose_accel(args.vm.accel)?; // fail on a bad accel before the build
+    let kernel = args.vm.kernel(&root)?;
+    let workdir = Workdir::new()?;
+    let mut cfg = vm_config(&args.vm, kernel.clone(), &workdir)?;
+    cfg.gdb = args.gdb;
+    let timeout = if args.gdb {
+        println!("shmos: --gdb: QEMU waits for gdb on :1234; timeout disabled. Attach with:");
+        println!("gdb -ex 'target remote :1234' {}", kernel.display());
+        None
+    } else {
+        Some(Duration::from_secs(args.vm.timeout))
+    };
+    println!(
+        "shmos: booting ({}, {}): {}",
+        cfg.accel,
+        cfg.firmware,
+        cfg.full_cmdline()
+    );
+    let boot = vm::boot(&cfg, timeout, |line| line.print(false))?;
+    let outcome = boot.exit.outcome();
+    println!(
+        "shmos: {} ({:.2}s)",
+        boot.exit.describe(),
+        boot.duration.as_secs_f64()
+    );
+    if outcome >= Outcome::Abnormal
+        && let Some(log) = boot.firmware_log.as_deref()
+    {
+        harness::print_tail(&[], Some(log));
+    }
+    Ok(outcome.code())
+}
+
+/// Test counts and the worst outcome over the phases of `shmos test`.
+#[derive(Default)]
+struct Totals {
+    passed: u64,
+    failed: u64,
+    kernel_ran: u64,
+    host_ran: u64,
+    worst: Option<Outcome>,
+}
+
+impl Totals {
+    fn note(&mut self, outcome: Outcome) {
+        self.worst = self.worst.max(Some(outcome));
+    }
+}
+
+fn test(args: TestArgs) -> Result<u8> {
+    let mut totals = Totals::default();
+    let result = test_phases(&args, &mut totals);
+    let code = match &result {
+        Err(e) => {
+            eprintln!("shmos: error: {e:#}");
+            TOOL_ERROR
+        }
+        Ok(()) => {
+            let mut worst = totals.worst.unwrap_or(Outcome::Success);
+            // A run that tested nothing proves nothing.
+            let ran = if args.host_only {
+                totals.host_ran
+            } else {
+                totals.kernel_ran
+            };
+            if ran == 0 {
+                println!("shmos: no test ran");
+                worst = worst.max(Outcome::Failure);
+            }
+            worst.code()
+        }
+    };
+    // Must stay the very last line of output.
+    println!("total: {} passed, {} failed", totals.passed, totals.failed);
+    Ok(code)
+}
+
+fn test_phases(args: &TestArgs, totals: &mut Totals) -> Result<()> {
+    let root = shmos::repo_root();
+    let accel = host::choose_accel(args.vm.accel)?;
+    if !args.host_only {
+        host::ensure_qemu()?; // before the host tests: the integration tests boot VMs
+    }
+    if !args.kernel_only {
+        println!("shmos: host tests: cargo test --workspace (SHMOS_ACCEL={accel})");
+        let host = cargo::run_host_tests(&root, &[("SHMOS_ACCEL", &accel.to_string())])?;
+        println!(
+            "host: {} passed, {} failed{}",
+            host.passed,
+            host.failed,
+            if host.status.success() {
+                String::new()
+            } else {
+                format!(" (cargo test: {})", host.status)
+            }
+        );
+        totals.passed += host.passed;
+        totals.failed += host.failed;
+        totals.host_ran += host.passed + host.failed;
+        totals.note(if host.status.success() {
+            Outcome::Success
+        } else {
+            Outcome::Failure
+        });
+    }
+    if args.host_only {
+        return Ok(());
+    }
+    let kernel = args.vm.kernel(&root)?;
+    let workdir = Workdir::new()?;
+    let timeout = Some(Duration::from_secs(args.vm.timeout));
+    let mut tests = KernelTests::new(vm_config(&args.vm, kernel.clone(), &workdir)?);
+    tests.vm.accel = accel;
+    tests.only = args.only.clone();
+    tests.timeout = timeout;
+    let report = harness::run_kernel_tests(&tests)?;
+    report.print_summary("kernel");
+    totals.passed += report.passed() as u64;
+    totals.failed += report.failed() as u64;
+    totals.kernel_ran += report.results.len() as u64;
+    totals.note(report.outcome);
+
+    // qboot is the everyday firmware; one SeaBIOS boot keeps that path working.
+    if args.vm.firmware != Firmware::Seabios && args.only.is_empty() {
+        let mut smoke = tests.clone();
+        smoke.vm.firmware = Firmware::Seabios;
+        smoke.only = vec![SEABIOS_SMOKE_TEST.into()];
+        let report = harness::run_kernel_tests(&smoke)?;
+        report.print_summary("seabios");
+        totals.passed += report.passed() as u64;
+        totals.failed += report.failed() as u64;
+        totals.note(report.outcome);
+        if report.verdict(SEABIOS_SMOKE_TEST).is_none() {
+            println!("shmos: seabios: test {SEABIOS_SMOKE_TEST} did not run");
+            totals.note(Outcome::Failure);
+        }
+    }
+    Ok(())
+}
+
+/// The kernel test booted under SeaBIOS by `shmos test`.
+const SEABIOS_SMOKE_TEST: &str = "serial_console_writes";
