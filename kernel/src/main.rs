@@ -15,6 +15,7 @@ mod cmdline;
 mod console;
 mod drivers;
 mod memory;
+mod pci;
 mod sync;
 mod testing;
 mod time;
@@ -34,6 +35,8 @@ fn kernel_main(boot: &'static BootInfo) -> ! {
     x86_64::instructions::interrupts::enable();
 
     banner(boot, &args);
+    pci::init();
+    let _ = drivers::ivshmem::init();
     if args.test {
         testing::run(&args);
     }

@@ -257,6 +257,7 @@ fn test_phases(args: &TestArgs, totals: &mut Totals) -> Result<()> {
     let timeout = Some(Duration::from_secs(args.vm.timeout));
     let mut tests = KernelTests::new(vm_config(&args.vm, kernel.clone(), &workdir)?);
     tests.vm.accel = accel;
+    tests.vm.extra_args = test_ivshmem_device(&workdir)?;
     tests.only = args.only.clone();
     tests.timeout = timeout;
     let report = harness::run_kernel_tests(&tests)?;
@@ -282,6 +283,20 @@ fn test_phases(args: &TestArgs, totals: &mut Totals) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// An `ivshmem-plain` device backed by a 4 MiB file in `workdir`, so that the
+/// kernel tests can exercise PCI BAR assignment and the ivshmem driver.
+fn test_ivshmem_device(workdir: &Workdir) -> Result<Vec<std::ffi::OsString>> {
+    let backing = workdir.path().join("test-ivshmem");
+    std::fs::File::create(&backing)?.set_len(4 << 20)?;
+    Ok([
+        "-object".into(),
+        format!("memory-backend-file,id=testshm,share=on,mem-path={},size=4M", backing.display()).into(),
+        "-device".into(),
+        "ivshmem-plain,memdev=testshm".into(),
+    ]
+    .into())
 }
 
 /// The kernel test booted under SeaBIOS by `shmos test`.

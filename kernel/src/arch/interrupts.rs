@@ -9,11 +9,14 @@
 
 use super::{apic, cpu, fault};
 use core::fmt;
+use core::sync::atomic::{AtomicUsize, Ordering};
 use x86_64::VirtAddr;
 use x86_64::structures::idt::InterruptDescriptorTable;
 
 /// Vector of the local APIC's periodic timer.
 pub const TIMER_VECTOR: u8 = 0x30;
+/// First vector handed out to devices (MSI-X).
+pub const DEVICE_VECTOR_BASE: u8 = 0x40;
 /// Vector the legacy PICs are moved to before being masked.
 pub const PIC_BASE_VECTOR: u8 = 0xE0;
 /// Vector of the local APIC's spurious interrupts.
@@ -149,6 +152,29 @@ impl fmt::Display for TrapFrame {
 
 static IDT: spin::Once<InterruptDescriptorTable> = spin::Once::new();
 
+/// Device interrupt handlers by vector (a `fn(u8)` as usize, 0 when none).
+static HANDLERS: [AtomicUsize; 256] = [const { AtomicUsize::new(0) }; 256];
+static NEXT_DEVICE_VECTOR: AtomicUsize = AtomicUsize::new(DEVICE_VECTOR_BASE as usize);
+
+/// Reserves `count` consecutive vectors that all call `handler(vector)`;
+/// returns the first. The handler runs with interrupts off and must not block.
+pub fn allocate_vectors(count: u8, handler: fn(u8)) -> Option<u8> {
+    let first = NEXT_DEVICE_VECTOR.fetch_add(count as usize, Ordering::Relaxed);
+    if first + count as usize > PIC_BASE_VECTOR as usize {
+        return None;
+    }
+    for slot in &HANDLERS[first..first + count as usize] {
+        slot.store(handler as usize, Ordering::Release);
+    }
+    Some(first as u8)
+}
+
+fn handler(vector: u8) -> Option<fn(u8)> {
+    let raw = HANDLERS[vector as usize].load(Ordering::Acquire);
+    // SAFETY: HANDLERS holds only 0 or values stored from a `fn(u8)` above.
+    (raw != 0).then(|| unsafe { core::mem::transmute::<usize, fn(u8)>(raw) })
+}
+
 fn stub_address(vector: u8) -> VirtAddr {
     // `&raw const` takes the stubs' address without reading them.
     VirtAddr::from_ptr((&raw const isr_stubs).cast::<u8>()) + u64::from(vector) * 16
@@ -208,7 +234,10 @@ extern "C" fn interrupt_dispatch(frame: &mut TrapFrame) {
         SPURIOUS_VECTOR => {}           // no EOI for spurious interrupts
         v if v >= PIC_BASE_VECTOR => {} // a masked legacy PIC's spurious IRQ
         v => {
-            log::warn!("unexpected interrupt on vector {v:#x}");
+            match handler(v) {
+                Some(h) => h(v),
+                None => log::warn!("unexpected interrupt on vector {v:#x}"),
+            }
             apic::end_of_interrupt();
         }
     }

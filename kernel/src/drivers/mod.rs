@@ -1,2 +1,3 @@
 //! Device drivers.
+pub mod ivshmem;
 pub mod serial;

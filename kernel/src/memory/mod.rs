@@ -4,7 +4,7 @@ pub mod frames;
 pub mod heap;
 pub mod paging;
 
-pub use paging::{map_mmio, phys_to_virt};
+pub use paging::{map_device_memory, map_mmio, phys_to_virt};
 
 use crate::boot::BootInfo;
 

@@ -198,20 +198,56 @@ pub fn translate(virt: u64) -> Option<u64> {
         .map(|p| p.as_u64())
 }
 
-/// Maps `len` bytes of device memory at `phys` uncached; returns its address.
+/// Maps `len` bytes of device registers at `phys` uncached; returns their address.
 pub fn map_mmio(phys: u64, len: u64) -> u64 {
+    map_device(phys, len, Flags::NO_CACHE | Flags::WRITE_THROUGH)
+}
+
+/// Maps `len` bytes of device memory at `phys` write-back cached (memory
+/// that behaves as RAM, such as ivshmem's shared BAR); returns its address.
+pub fn map_device_memory(phys: u64, len: u64) -> u64 {
+    map_device(phys, len, Flags::empty())
+}
+
+/// Maps a device range into the MMIO window, with 2 MiB pages wherever
+/// physical and virtual addresses allow (a 1 GiB BAR is 512 entries, not
+/// 262,144: every page-table write is costly under nested KVM).
+fn map_device(phys: u64, len: u64, caching: Flags) -> u64 {
+    const HUGE: u64 = 2 << 20;
     let first = phys & !0xfff;
-    let pages = (phys + len - first).div_ceil(4096);
-    let base = MMIO_NEXT.fetch_add(pages * 4096, Ordering::Relaxed);
-    let flags = Flags::PRESENT
-        | Flags::WRITABLE
-        | Flags::NO_CACHE
-        | Flags::WRITE_THROUGH
-        | Flags::NO_EXECUTE;
-    for i in 0..pages {
-        let page = Page::containing_address(VirtAddr::new(base + i * 4096));
-        let frame = PhysFrame::containing_address(PhysAddr::new(first + i * 4096));
-        map(page, frame, flags).expect("the MMIO window is never reused");
+    let end = (phys + len).next_multiple_of(4096);
+    // Give the range the same offset within 2 MiB virtually as physically.
+    let reserve = (end - first + HUGE).next_multiple_of(HUGE);
+    let window = MMIO_NEXT.fetch_add(reserve, Ordering::Relaxed);
+    let base = window + (first % HUGE);
+    let flags = Flags::PRESENT | Flags::WRITABLE | Flags::NO_EXECUTE | caching;
+    let mut guard = KERNEL_TABLES.lock();
+    let tables = guard.as_mut().expect("paging initialised");
+    let mut at = first;
+    while at < end {
+        let virt = VirtAddr::new(base + (at - first));
+        let huge = at % HUGE == 0 && at + HUGE <= end;
+        // SAFETY: device memory mapped at fresh addresses of the MMIO window,
+        // which no Rust reference points into.
+        let mapped = unsafe {
+            if huge {
+                let page = Page::<Size2MiB>::containing_address(virt);
+                let frame = PhysFrame::<Size2MiB>::containing_address(PhysAddr::new(at));
+                tables
+                    .map_to(page, frame, flags | Flags::HUGE_PAGE, &mut Frames)
+                    .map(|f| f.flush())
+                    .is_ok()
+            } else {
+                let page = Page::<Size4KiB>::containing_address(virt);
+                let frame = PhysFrame::containing_address(PhysAddr::new(at));
+                tables
+                    .map_to(page, frame, flags, &mut Frames)
+                    .map(|f| f.flush())
+                    .is_ok()
+            }
+        };
+        assert!(mapped, "the MMIO window is never reused");
+        at += if huge { HUGE } else { 4096 };
     }
     base + (phys - first)
 }
