@@ -3,6 +3,7 @@
 
 pub mod cargo;
 pub mod cleanup;
+pub mod doorbell;
 pub mod harness;
 pub mod host;
 pub mod vm;
