@@ -148,10 +148,16 @@ pub struct Workdir(TempDir);
 impl Workdir {
     /// Creates `$TMPDIR/shmos-XXXXXX`.
     pub fn new() -> Result<Self> {
+        Self::new_in(std::env::temp_dir())
+    }
+
+    /// Creates `DIR/shmos-XXXXXX` (a cluster's lives in /dev/shm, where its
+    /// shared memory file is).
+    pub fn new_in(parent: impl AsRef<Path>) -> Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("shmos-")
-            .tempdir()
-            .context("creating a temporary directory")?;
+            .tempdir_in(parent.as_ref())
+            .with_context(|| format!("creating a temporary directory in {}", parent.as_ref().display()))?;
         DIRS.lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(dir.path().to_owned());

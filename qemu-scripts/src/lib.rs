@@ -3,6 +3,7 @@
 
 pub mod cargo;
 pub mod cleanup;
+pub mod cluster;
 pub mod doorbell;
 pub mod harness;
 pub mod host;

@@ -51,6 +51,28 @@ enum Cmd {
     /// Run the host tests (cargo test) and the kernel tests in QEMU.
     #[command(after_help = AFTER_HELP, long_about = TEST_ABOUT)]
     Test(TestArgs),
+    /// Boot N nodes on one shared memory node; with no --app, check that
+    /// every node sees every other as live, then power off.
+    #[command(after_help = AFTER_HELP)]
+    Cluster(ClusterArgs),
+}
+
+#[derive(Args)]
+struct ClusterArgs {
+    #[command(flatten)]
+    vm: VmArgs,
+    /// Number of nodes (VMs), 1 to 8.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=shmos::cluster::MAX_NODES as i64))]
+    nodes: u32,
+    /// App to run on every node (repeatable).
+    #[arg(long = "app", value_name = "NAME")]
+    apps: Vec<String>,
+    /// Size of the shared memory: a power of two from 1M (K, M, G suffixes).
+    #[arg(long, value_name = "SIZE", default_value = "64M")]
+    shm_size: String,
+    /// ivshmem-plain: no doorbell server, no interrupts; nodes poll.
+    #[arg(long)]
+    plain: bool,
 }
 
 #[derive(Args)]
@@ -122,6 +144,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Cmd::Run(args) => run(args),
         Cmd::Test(args) => test(args),
+        Cmd::Cluster(args) => cluster(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -174,6 +197,44 @@ fn run(args: RunArgs) -> Result<u8> {
     {
         harness::print_tail(&[], Some(log));
     }
+    Ok(outcome.code())
+}
+
+fn cluster(args: ClusterArgs) -> Result<u8> {
+    use shmos::cluster::{Cluster, ClusterConfig, parse_size};
+    let root = shmos::repo_root();
+    if let Some(app) = args.apps.first() {
+        anyhow::bail!("unknown app {app:?}: no apps are built into the image yet");
+    }
+    host::ensure_qemu()?;
+    let accel = host::choose_accel(args.vm.accel)?;
+    let shm_size = parse_size(&args.shm_size)?;
+    let mut cfg = ClusterConfig::new(args.vm.kernel(&root)?, accel);
+    cfg.shm_size = shm_size;
+    cfg.plain = args.plain;
+    cfg.firmware = args.vm.firmware;
+    cfg.memory = args.vm.memory.clone();
+    cfg.cmdline = format!("cluster.wait_live={} {}", args.nodes, args.vm.append);
+    let mut cluster = Cluster::start(cfg)?;
+    println!(
+        "shmos: cluster of {} nodes ({accel}, {}, {} MiB shared) in {}",
+        args.nodes,
+        if args.plain { "ivshmem-plain, polling" } else { "ivshmem-doorbell" },
+        shm_size >> 20,
+        cluster.dir().display()
+    );
+    for node in 0..args.nodes {
+        cluster.spawn_node(node, "")?;
+    }
+    let exits = cluster.wait_all(Duration::from_secs(args.vm.timeout))?;
+    for (node, exit) in &exits {
+        println!("shmos: node {node}: {}", exit.describe());
+    }
+    let outcome = cluster.outcome();
+    println!(
+        "shmos: cluster {}",
+        if outcome == Outcome::Success { "succeeded: every node agreed" } else { "failed" }
+    );
     Ok(outcome.code())
 }
 

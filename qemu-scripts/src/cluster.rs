@@ -1,0 +1,351 @@
+//! A cluster: the doorbell server (or a plain backing file), one shared
+//! memory node, and N VMs booted on it, each console prefixed with its node
+//! id. Used by `shmos cluster` and by the cluster tests, which drive it step
+//! by step (wait for a line, kill a node, start a replacement).
+//!
+//! Everything lives in one directory under /dev/shm (socket, shared memory
+//! file, firmware logs), removed on drop, on error and on Ctrl-C, after every
+//! QEMU and the server are stopped.
+
+use crate::Outcome;
+use crate::cleanup::Workdir;
+use crate::doorbell::{self, ServerConfig, ServerHandle, ShmBacking};
+use crate::vm::{Accel, ConsoleLine, Firmware, Stream, Vm, VmConfig, VmExit};
+use anyhow::{Context, Result, bail};
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::time::{Duration, Instant};
+
+/// Most nodes a cluster may have (the node table has room for more; eight
+/// VMs already share two host cores).
+pub const MAX_NODES: u32 = 8;
+/// Name of the shared memory file inside the cluster's directory.
+pub const SHM_FILE: &str = "memory";
+
+/// How to build a cluster.
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    /// The kernel ELF every node boots.
+    pub kernel: PathBuf,
+    /// Size of the shared memory, a power of two of at least 1 MiB.
+    pub shm_size: u64,
+    /// `ivshmem-plain` (no doorbells, polling) instead of `ivshmem-doorbell`.
+    pub plain: bool,
+    /// Doorbell vectors per node.
+    pub vectors: u32,
+    /// Accelerator for every VM.
+    pub accel: Accel,
+    /// Firmware for every VM.
+    pub firmware: Firmware,
+    /// Guest RAM per VM.
+    pub memory: String,
+    /// Kernel command line keys every node gets.
+    pub cmdline: String,
+    /// Echo consoles to stdout, prefixed `[nN]` (coloured on a terminal).
+    pub echo: bool,
+}
+
+impl ClusterConfig {
+    /// Defaults: 64 MiB shared, doorbells with 4 vectors, 128 MiB per VM.
+    pub fn new(kernel: PathBuf, accel: Accel) -> Self {
+        ClusterConfig {
+            kernel,
+            shm_size: 64 << 20,
+            plain: false,
+            vectors: 4,
+            accel,
+            firmware: Firmware::Qboot,
+            memory: "128M".into(),
+            cmdline: String::new(),
+            echo: true,
+        }
+    }
+}
+
+/// A running cluster. Dropping it kills every VM and removes every file.
+pub struct Cluster {
+    cfg: ClusterConfig,
+    // Field order is drop order: VMs first, then the server, then the files.
+    vms: BTreeMap<u32, Vm>,
+    server: Option<ServerHandle>,
+    workdir: Workdir,
+    shm_path: PathBuf,
+    tx: Sender<ConsoleLine>,
+    rx: Receiver<ConsoleLine>,
+    logs: BTreeMap<u32, Vec<String>>,
+    exits: BTreeMap<u32, VmExit>,
+    color: bool,
+}
+
+impl Cluster {
+    /// Creates the shared memory and, unless plain, starts the doorbell server.
+    pub fn start(cfg: ClusterConfig) -> Result<Cluster> {
+        if !cfg.shm_size.is_power_of_two() || cfg.shm_size < doorbell::MIN_SHM_SIZE {
+            bail!("--shm-size {} is not a power of two of at least 1 MiB", cfg.shm_size);
+        }
+        let workdir = Workdir::new_in(shm_dir())?;
+        let shm_path = workdir.path().join(SHM_FILE);
+        let server = if cfg.plain {
+            std::fs::File::create(&shm_path)
+                .and_then(|f| f.set_len(cfg.shm_size))
+                .with_context(|| format!("creating {}", shm_path.display()))?;
+            None
+        } else {
+            let mut sc = ServerConfig::new(
+                workdir.path().join("doorbell.sock"),
+                ShmBacking::File { path: shm_path.clone(), size: cfg.shm_size },
+            );
+            sc.vectors = cfg.vectors;
+            sc.max_peers = MAX_NODES * 2; // room for replacements while a peer leaves
+            let echo = cfg.echo;
+            let server = doorbell::Server::bind(sc)?.spawn(move |event| {
+                if echo {
+                    println!("[server] {event}");
+                }
+            })?;
+            Some(server)
+        };
+        let (tx, rx) = mpsc::channel();
+        let color = cfg.echo && std::io::stdout().is_terminal();
+        Ok(Cluster {
+            cfg,
+            vms: BTreeMap::new(),
+            server,
+            workdir,
+            shm_path,
+            tx,
+            rx,
+            logs: BTreeMap::new(),
+            exits: BTreeMap::new(),
+            color,
+        })
+    }
+
+    /// The shared memory file (for `shmos inspect`).
+    pub fn shm_path(&self) -> &Path {
+        &self.shm_path
+    }
+
+    /// The cluster's directory.
+    pub fn dir(&self) -> &Path {
+        self.workdir.path()
+    }
+
+    /// QEMU arguments that attach a VM to the shared memory node.
+    fn device_args(&self) -> Vec<OsString> {
+        let mut args: Vec<OsString> = Vec::new();
+        match &self.server {
+            None => {
+                args.push("-object".into());
+                args.push(
+                    format!(
+                        "memory-backend-file,id=shm,share=on,mem-path={},size={}",
+                        self.shm_path.display(),
+                        self.cfg.shm_size
+                    )
+                    .into(),
+                );
+                args.push("-device".into());
+                args.push("ivshmem-plain,memdev=shm".into());
+            }
+            Some(server) => {
+                args.push("-chardev".into());
+                args.push(format!("socket,path={},id=ivs", server.socket_path().display()).into());
+                args.push("-device".into());
+                args.push(format!("ivshmem-doorbell,chardev=ivs,vectors={}", self.cfg.vectors).into());
+            }
+        }
+        args
+    }
+
+    /// Boots node `node` with the common keys plus `extra`. A node id that
+    /// is running already is refused; one that exited may boot again.
+    pub fn spawn_node(&mut self, node: u32, extra: &str) -> Result<()> {
+        if self.vms.contains_key(&node) {
+            bail!("node {node} is already running");
+        }
+        let mut vm = VmConfig::new(self.cfg.kernel.clone(), self.cfg.accel, self.cfg.firmware);
+        vm.node = node;
+        vm.memory = self.cfg.memory.clone();
+        vm.cmdline = format!("{} {}", self.cfg.cmdline, extra).trim().to_string();
+        vm.workdir = Some(self.workdir.path().to_owned());
+        vm.extra_args = self.device_args();
+        let running = Vm::spawn(&vm, self.tx.clone())?;
+        self.exits.remove(&node);
+        self.logs.entry(node).or_default().push(format!("--- boot: {}", vm.full_cmdline()));
+        self.vms.insert(node, running);
+        Ok(())
+    }
+
+    /// SIGKILLs node `node`'s QEMU, as a crash would.
+    pub fn kill_node(&mut self, node: u32) -> Result<()> {
+        let mut vm = self.vms.remove(&node).with_context(|| format!("node {node} is not running"))?;
+        vm.kill()?;
+        self.exits.insert(node, VmExit::Signaled(9));
+        Ok(())
+    }
+
+    /// Nodes whose QEMU is still running.
+    pub fn running(&self) -> Vec<u32> {
+        self.vms.keys().copied().collect()
+    }
+
+    /// Every serial line node `node` printed, across its boots.
+    pub fn log(&self, node: u32) -> &[String] {
+        self.logs.get(&node).map_or(&[], Vec::as_slice)
+    }
+
+    /// How each node that stopped ended.
+    pub fn exits(&self) -> &BTreeMap<u32, VmExit> {
+        &self.exits
+    }
+
+    fn record(&mut self, line: &ConsoleLine) {
+        if line.stream == Stream::Serial {
+            self.logs.entry(line.node).or_default().push(line.text.clone());
+        }
+        if self.cfg.echo {
+            let tag = if self.color {
+                // One colour per node, cycling through six ANSI colours.
+                format!("\x1b[{}m[n{}]\x1b[0m", 31 + line.node % 6, line.node)
+            } else {
+                format!("[n{}]", line.node)
+            };
+            match line.stream {
+                Stream::Serial => println!("{tag} {}", line.text),
+                Stream::Stderr => eprintln!("{tag} qemu: {}", line.text),
+            }
+        }
+    }
+
+    /// Reaps VMs that exited.
+    fn reap(&mut self) -> Result<()> {
+        let mut done = Vec::new();
+        for (&node, vm) in &mut self.vms {
+            if let Some(exit) = vm.try_wait()? {
+                done.push((node, exit));
+            }
+        }
+        for (node, exit) in done {
+            self.vms.remove(&node);
+            if self.cfg.echo {
+                println!("[n{node}] {}", exit.describe());
+            }
+            self.exits.insert(node, exit);
+        }
+        Ok(())
+    }
+
+    /// Handles console lines and exits for up to `wait`; returns the lines seen.
+    fn pump(&mut self, wait: Duration) -> Result<Vec<ConsoleLine>> {
+        let mut seen = Vec::new();
+        match self.rx.recv_timeout(wait) {
+            Ok(line) => {
+                self.record(&line);
+                seen.push(line);
+                while let Ok(line) = self.rx.try_recv() {
+                    self.record(&line);
+                    seen.push(line);
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => unreachable!("the cluster holds a sender"),
+        }
+        self.reap()?;
+        Ok(seen)
+    }
+
+    /// Waits until node `node` prints a serial line containing `needle`;
+    /// returns that line. Fails if the node stops first or `timeout` passes.
+    pub fn wait_for(&mut self, node: u32, needle: &str, timeout: Duration) -> Result<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            for line in self.pump(Duration::from_millis(20))? {
+                if line.node == node && line.stream == Stream::Serial && line.text.contains(needle) {
+                    return Ok(line.text);
+                }
+            }
+            if let Some(exit) = self.exits.get(&node).filter(|_| !self.vms.contains_key(&node)) {
+                bail!("node {node} stopped ({}) before printing {needle:?}", exit.describe());
+            }
+            if Instant::now() >= deadline {
+                bail!("node {node} did not print {needle:?} within {}s", timeout.as_secs_f64());
+            }
+        }
+    }
+
+    /// Waits for every running VM to exit; kills those still running after
+    /// `timeout`. Returns how each node ended (also earlier exits).
+    pub fn wait_all(&mut self, timeout: Duration) -> Result<BTreeMap<u32, VmExit>> {
+        let deadline = Instant::now() + timeout;
+        while !self.vms.is_empty() {
+            if Instant::now() >= deadline {
+                for (node, mut vm) in std::mem::take(&mut self.vms) {
+                    vm.kill()?;
+                    self.exits.insert(node, VmExit::Timeout(timeout));
+                }
+                break;
+            }
+            self.pump(Duration::from_millis(20))?;
+        }
+        // Lines still in flight after the last exit.
+        while let Ok(line) = self.rx.try_recv() {
+            self.record(&line);
+        }
+        Ok(self.exits.clone())
+    }
+
+    /// The worst outcome over every node that stopped.
+    pub fn outcome(&self) -> Outcome {
+        self.exits.values().map(VmExit::outcome).max().unwrap_or(Outcome::Success)
+    }
+
+    /// The last `n` serial lines of a node, for failure reports.
+    pub fn tail(&self, node: u32, n: usize) -> String {
+        let log = self.log(node);
+        log[log.len().saturating_sub(n)..].join("\n")
+    }
+}
+
+/// Where cluster directories go: /dev/shm when it exists (tmpfs, and where
+/// `shmos inspect` looks), else the temp dir.
+pub fn shm_dir() -> PathBuf {
+    let dev_shm = Path::new("/dev/shm");
+    if dev_shm.is_dir() { dev_shm.to_owned() } else { std::env::temp_dir() }
+}
+
+/// Parses a size such as `64M`, `1G`, `1048576` (K, M, G: powers of 1024).
+pub fn parse_size(text: &str) -> Result<u64> {
+    let t = text.trim();
+    let (digits, unit) = match t.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => t.split_at(i),
+        None => (t, ""),
+    };
+    let n: u64 = digits.parse().with_context(|| format!("size {text:?}: expected a number"))?;
+    let shift = match unit.to_ascii_uppercase().trim_end_matches("IB").trim_end_matches('B') {
+        "" => 0,
+        "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        _ => bail!("size {text:?}: unknown unit {unit:?} (use K, M or G)"),
+    };
+    n.checked_mul(1 << shift).with_context(|| format!("size {text:?} is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_units() {
+        assert_eq!(parse_size("64M").unwrap(), 64 << 20);
+        assert_eq!(parse_size("1G").unwrap(), 1 << 30);
+        assert_eq!(parse_size("1GiB").unwrap(), 1 << 30);
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert!(parse_size("12Q").is_err());
+        assert!(parse_size("M").is_err());
+    }
+}

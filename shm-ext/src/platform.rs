@@ -1,0 +1,26 @@
+//! What the kernel (or the host) provides to this crate besides the region.
+//!
+//! Time is not a trait: functions that need it take `now_ns: u64` (or a
+//! `FnMut() -> u64` when they wait) from the caller's own monotonic clock.
+//! Clocks of different nodes are never compared with each other.
+
+/// Rings other nodes' doorbells (ivshmem-doorbell's Doorbell register).
+pub trait Doorbell {
+    /// Rings interrupt `vector` on the node whose ivshmem peer id is `peer`.
+    fn ring(&self, peer: u16, vector: u16);
+
+    /// This node's own ivshmem peer id (IVPosition), if the device has doorbells.
+    fn local_peer(&self) -> Option<u16>;
+}
+
+/// A doorbell that rings nothing: for `ivshmem-plain`, where nodes poll.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoDoorbell;
+
+impl Doorbell for NoDoorbell {
+    fn ring(&self, _peer: u16, _vector: u16) {}
+
+    fn local_peer(&self) -> Option<u16> {
+        None
+    }
+}
