@@ -11,6 +11,7 @@ extern crate alloc;
 
 mod arch;
 mod boot;
+mod cluster;
 mod cmdline;
 mod console;
 mod drivers;
@@ -40,7 +41,26 @@ fn kernel_main(boot: &'static BootInfo) -> ! {
     if args.test {
         testing::run(&args);
     }
-    exit(ExitCode::Success)
+    exit(if join_cluster(&args) {
+        ExitCode::Success
+    } else {
+        ExitCode::Failure
+    })
+}
+
+/// With a shared memory device, joins the cluster and runs the cluster check
+/// the command line asks for; without one there is nothing to join.
+fn join_cluster(args: &cmdline::Args) -> bool {
+    if drivers::ivshmem::device().is_none() {
+        return true;
+    }
+    match cluster::join(args.node as u16) {
+        Ok(node) => cluster::smoke::run(node, args),
+        Err(e) => {
+            kprintln!("node {}: FAILED: cannot join the cluster: {e}", args.node);
+            false
+        }
+    }
 }
 
 /// The first lines a user sees: which node, how much memory, how time runs.

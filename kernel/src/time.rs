@@ -55,9 +55,9 @@ pub fn ticks() -> u64 {
     TICKS.load(Ordering::Relaxed)
 }
 
-/// Called from the timer interrupt.
-pub fn on_tick() {
-    TICKS.fetch_add(1, Ordering::Relaxed);
+/// Called from the timer interrupt; returns the new tick count.
+pub fn on_tick() -> u64 {
+    TICKS.fetch_add(1, Ordering::Relaxed) + 1
 }
 
 /// Waits at least `ns` nanoseconds, halting between ticks.

@@ -157,7 +157,12 @@ impl Workdir {
         let dir = tempfile::Builder::new()
             .prefix("shmos-")
             .tempdir_in(parent.as_ref())
-            .with_context(|| format!("creating a temporary directory in {}", parent.as_ref().display()))?;
+            .with_context(|| {
+                format!(
+                    "creating a temporary directory in {}",
+                    parent.as_ref().display()
+                )
+            })?;
         DIRS.lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(dir.path().to_owned());

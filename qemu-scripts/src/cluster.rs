@@ -84,7 +84,10 @@ impl Cluster {
     /// Creates the shared memory and, unless plain, starts the doorbell server.
     pub fn start(cfg: ClusterConfig) -> Result<Cluster> {
         if !cfg.shm_size.is_power_of_two() || cfg.shm_size < doorbell::MIN_SHM_SIZE {
-            bail!("--shm-size {} is not a power of two of at least 1 MiB", cfg.shm_size);
+            bail!(
+                "--shm-size {} is not a power of two of at least 1 MiB",
+                cfg.shm_size
+            );
         }
         let workdir = Workdir::new_in(shm_dir())?;
         let shm_path = workdir.path().join(SHM_FILE);
@@ -96,7 +99,10 @@ impl Cluster {
         } else {
             let mut sc = ServerConfig::new(
                 workdir.path().join("doorbell.sock"),
-                ShmBacking::File { path: shm_path.clone(), size: cfg.shm_size },
+                ShmBacking::File {
+                    path: shm_path.clone(),
+                    size: cfg.shm_size,
+                },
             );
             sc.vectors = cfg.vectors;
             sc.max_peers = MAX_NODES * 2; // room for replacements while a peer leaves
@@ -155,7 +161,9 @@ impl Cluster {
                 args.push("-chardev".into());
                 args.push(format!("socket,path={},id=ivs", server.socket_path().display()).into());
                 args.push("-device".into());
-                args.push(format!("ivshmem-doorbell,chardev=ivs,vectors={}", self.cfg.vectors).into());
+                args.push(
+                    format!("ivshmem-doorbell,chardev=ivs,vectors={}", self.cfg.vectors).into(),
+                );
             }
         }
         args
@@ -175,14 +183,20 @@ impl Cluster {
         vm.extra_args = self.device_args();
         let running = Vm::spawn(&vm, self.tx.clone())?;
         self.exits.remove(&node);
-        self.logs.entry(node).or_default().push(format!("--- boot: {}", vm.full_cmdline()));
+        self.logs
+            .entry(node)
+            .or_default()
+            .push(format!("--- boot: {}", vm.full_cmdline()));
         self.vms.insert(node, running);
         Ok(())
     }
 
     /// SIGKILLs node `node`'s QEMU, as a crash would.
     pub fn kill_node(&mut self, node: u32) -> Result<()> {
-        let mut vm = self.vms.remove(&node).with_context(|| format!("node {node} is not running"))?;
+        let mut vm = self
+            .vms
+            .remove(&node)
+            .with_context(|| format!("node {node} is not running"))?;
         vm.kill()?;
         self.exits.insert(node, VmExit::Signaled(9));
         Ok(())
@@ -205,7 +219,10 @@ impl Cluster {
 
     fn record(&mut self, line: &ConsoleLine) {
         if line.stream == Stream::Serial {
-            self.logs.entry(line.node).or_default().push(line.text.clone());
+            self.logs
+                .entry(line.node)
+                .or_default()
+                .push(line.text.clone());
         }
         if self.cfg.echo {
             let tag = if self.color {
@@ -264,15 +281,26 @@ impl Cluster {
         let deadline = Instant::now() + timeout;
         loop {
             for line in self.pump(Duration::from_millis(20))? {
-                if line.node == node && line.stream == Stream::Serial && line.text.contains(needle) {
+                if line.node == node && line.stream == Stream::Serial && line.text.contains(needle)
+                {
                     return Ok(line.text);
                 }
             }
-            if let Some(exit) = self.exits.get(&node).filter(|_| !self.vms.contains_key(&node)) {
-                bail!("node {node} stopped ({}) before printing {needle:?}", exit.describe());
+            if let Some(exit) = self
+                .exits
+                .get(&node)
+                .filter(|_| !self.vms.contains_key(&node))
+            {
+                bail!(
+                    "node {node} stopped ({}) before printing {needle:?}",
+                    exit.describe()
+                );
             }
             if Instant::now() >= deadline {
-                bail!("node {node} did not print {needle:?} within {}s", timeout.as_secs_f64());
+                bail!(
+                    "node {node} did not print {needle:?} within {}s",
+                    timeout.as_secs_f64()
+                );
             }
         }
     }
@@ -300,7 +328,11 @@ impl Cluster {
 
     /// The worst outcome over every node that stopped.
     pub fn outcome(&self) -> Outcome {
-        self.exits.values().map(VmExit::outcome).max().unwrap_or(Outcome::Success)
+        self.exits
+            .values()
+            .map(VmExit::outcome)
+            .max()
+            .unwrap_or(Outcome::Success)
     }
 
     /// The last `n` serial lines of a node, for failure reports.
@@ -314,7 +346,11 @@ impl Cluster {
 /// `shmos inspect` looks), else the temp dir.
 pub fn shm_dir() -> PathBuf {
     let dev_shm = Path::new("/dev/shm");
-    if dev_shm.is_dir() { dev_shm.to_owned() } else { std::env::temp_dir() }
+    if dev_shm.is_dir() {
+        dev_shm.to_owned()
+    } else {
+        std::env::temp_dir()
+    }
 }
 
 /// Parses a size such as `64M`, `1G`, `1048576` (K, M, G: powers of 1024).
@@ -324,15 +360,22 @@ pub fn parse_size(text: &str) -> Result<u64> {
         Some((i, _)) => t.split_at(i),
         None => (t, ""),
     };
-    let n: u64 = digits.parse().with_context(|| format!("size {text:?}: expected a number"))?;
-    let shift = match unit.to_ascii_uppercase().trim_end_matches("IB").trim_end_matches('B') {
+    let n: u64 = digits
+        .parse()
+        .with_context(|| format!("size {text:?}: expected a number"))?;
+    let shift = match unit
+        .to_ascii_uppercase()
+        .trim_end_matches("IB")
+        .trim_end_matches('B')
+    {
         "" => 0,
         "K" => 10,
         "M" => 20,
         "G" => 30,
         _ => bail!("size {text:?}: unknown unit {unit:?} (use K, M or G)"),
     };
-    n.checked_mul(1 << shift).with_context(|| format!("size {text:?} is too large"))
+    n.checked_mul(1 << shift)
+        .with_context(|| format!("size {text:?} is too large"))
 }
 
 #[cfg(test)]

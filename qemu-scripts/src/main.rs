@@ -219,7 +219,11 @@ fn cluster(args: ClusterArgs) -> Result<u8> {
     println!(
         "shmos: cluster of {} nodes ({accel}, {}, {} MiB shared) in {}",
         args.nodes,
-        if args.plain { "ivshmem-plain, polling" } else { "ivshmem-doorbell" },
+        if args.plain {
+            "ivshmem-plain, polling"
+        } else {
+            "ivshmem-doorbell"
+        },
         shm_size >> 20,
         cluster.dir().display()
     );
@@ -233,7 +237,11 @@ fn cluster(args: ClusterArgs) -> Result<u8> {
     let outcome = cluster.outcome();
     println!(
         "shmos: cluster {}",
-        if outcome == Outcome::Success { "succeeded: every node agreed" } else { "failed" }
+        if outcome == Outcome::Success {
+            "succeeded: every node agreed"
+        } else {
+            "failed"
+        }
     );
     Ok(outcome.code())
 }
@@ -353,7 +361,11 @@ fn test_ivshmem_device(workdir: &Workdir) -> Result<Vec<std::ffi::OsString>> {
     std::fs::File::create(&backing)?.set_len(4 << 20)?;
     Ok([
         "-object".into(),
-        format!("memory-backend-file,id=testshm,share=on,mem-path={},size=4M", backing.display()).into(),
+        format!(
+            "memory-backend-file,id=testshm,share=on,mem-path={},size=4M",
+            backing.display()
+        )
+        .into(),
         "-device".into(),
         "ivshmem-plain,memdev=testshm".into(),
     ]

@@ -60,7 +60,9 @@
 //! |     32 |    4 | label length   | 0..=48                                                   |
 //! |     36 |    4 | reserved       | 0                                                        |
 //! |     40 |   48 | label          | UTF-8 (e.g. the app list), `label length` bytes used     |
-//! |     88 |   40 | reserved       | 0                                                        |
+//! |     88 |    4 | pending        | doorbell vectors rung, not yet taken (atomic, bit each)  |
+//! |     92 |    4 | progress       | published progress for barriers (atomic)                 |
+//! |     96 |   32 | reserved       | 0                                                        |
 //!
 //! State and generation form one 64-bit atomic "status word" at offset 0
 //! (`generation << 32 | state`), so that a join, a leave and a declaration
@@ -150,6 +152,13 @@ pub mod entry {
     pub const LABEL_LEN: usize = 32;
     /// Label bytes.
     pub const LABEL: usize = 40;
+    /// Doorbell vectors rung on this node and not yet taken, one bit each
+    /// (atomic u32). Rings set it even with hardware doorbells, so a node on
+    /// ivshmem-plain finds them by polling; zeroed at join.
+    pub const PENDING: usize = 88;
+    /// Progress this node has published through a cluster-wide step, for
+    /// barriers (atomic u32); zeroed at join.
+    pub const PROGRESS: usize = 92;
 }
 
 /// Doorbell peer value meaning "no doorbell".

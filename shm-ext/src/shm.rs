@@ -434,15 +434,61 @@ impl<'a> Shm<'a> {
         set
     }
 
-    /// Rings interrupt `vector` on live node `node` through its doorbell peer id.
+    /// Rings interrupt `vector` (0..32) on live node `node`: marks it pending
+    /// in the node's entry, then rings its doorbell peer id if it has one.
+    /// A node without doorbells (ivshmem-plain) finds the vector by polling
+    /// [`Shm::take_pending`].
     pub fn ring(&self, doorbell: &impl Doorbell, node: u16, vector: u16) -> Result<(), ShmError> {
+        if vector >= 32 {
+            return Err(ShmError::InvalidArgument {
+                what: "doorbell vector must be below 32",
+            });
+        }
         let info = self.node(node)?;
         if info.state != NodeState::Live {
             return Err(ShmError::NotLive);
         }
-        let peer = info.doorbell_peer.ok_or(ShmError::NoDoorbell)?;
-        doorbell.ring(peer, vector);
+        self.entry_u32(node, entry::PENDING)?
+            .fetch_or(1 << vector, Ordering::AcqRel);
+        if let Some(peer) = info.doorbell_peer {
+            doorbell.ring(peer, vector);
+        }
         Ok(())
+    }
+
+    /// Takes the vectors rung on `node` since the last call (bit `v` = vector `v`).
+    pub fn take_pending(&self, node: u16) -> Result<u32, ShmError> {
+        Ok(self
+            .entry_u32(node, entry::PENDING)?
+            .swap(0, Ordering::AcqRel))
+    }
+
+    /// Publishes `value` as `node`'s progress, if `generation` still owns the entry.
+    pub fn set_progress(
+        &self,
+        node: u16,
+        generation: Generation,
+        value: u32,
+    ) -> Result<(), ShmError> {
+        let word = self.status(node)?.load(Ordering::Acquire);
+        let (state, g) = split_status(word);
+        if g != generation || NodeState::from_raw(state) != Some(NodeState::Live) {
+            return Err(Self::refusal(word, generation));
+        }
+        self.entry_u32(node, entry::PROGRESS)?
+            .store(value, Ordering::Release);
+        Ok(())
+    }
+
+    /// The progress `node` last published (0 after it joined).
+    pub fn progress(&self, node: u16) -> Result<u32, ShmError> {
+        Ok(self
+            .entry_u32(node, entry::PROGRESS)?
+            .load(Ordering::Acquire))
+    }
+
+    fn entry_u32(&self, node: u16, field: usize) -> Result<&'a AtomicU32, ShmError> {
+        self.region.atomic_u32(self.entry_offset(node)? + field)
     }
 }
 

@@ -264,7 +264,14 @@ fn ring_uses_the_nodes_doorbell_peer() {
         ..facts("plain")
     };
     shm.join(6, &plain).unwrap();
-    assert_eq!(shm.ring(&db, 6, 0).unwrap_err(), ShmError::NoDoorbell);
+    // A node without a doorbell peer is rung by its pending bits alone.
+    assert_eq!(shm.ring(&db, 6, 2), Ok(()));
+    assert_eq!(shm.take_pending(6), Ok(1 << 2));
+    assert_eq!(shm.take_pending(6), Ok(0), "taking clears");
+    assert!(matches!(
+        shm.ring(&db, 6, 32),
+        Err(ShmError::InvalidArgument { .. })
+    ));
     assert_eq!(shm.ring(&NoDoorbell, 5, 0), Ok(()));
 }
 
@@ -295,4 +302,23 @@ fn snapshot_reads_displays_and_serialises() {
     assert_eq!(json["nodes"][3]["info"]["label"], "pong");
     assert_eq!(json["nodes"][3]["info"]["state"], "Live");
     assert_eq!(json["nodes"].as_array().unwrap().len(), 32);
+}
+
+#[test]
+fn progress_is_per_generation_and_reset_by_rejoin() {
+    let mem = HeapRegion::new(SIZE);
+    let shm = attach(mem.region()).unwrap();
+    let g1 = shm.join(2, &facts("a")).unwrap();
+    assert_eq!(shm.progress(2), Ok(0));
+    shm.set_progress(2, g1, 7).unwrap();
+    assert_eq!(shm.progress(2), Ok(7));
+    shm.ring(&NoDoorbell, 2, 1).unwrap();
+    let g2 = shm.join(2, &facts("a")).unwrap();
+    assert_eq!(shm.progress(2), Ok(0), "a new incarnation starts from zero");
+    assert_eq!(shm.take_pending(2), Ok(0), "and with no doorbell pending");
+    assert_eq!(
+        shm.set_progress(2, g1, 9).unwrap_err(),
+        ShmError::StaleGeneration
+    );
+    shm.set_progress(2, g2, 1).unwrap();
 }

@@ -228,7 +228,7 @@ extern "C" fn interrupt_dispatch(frame: &mut TrapFrame) {
     match frame.vector as u8 {
         v if v < 32 => fault::handle_exception(frame),
         TIMER_VECTOR => {
-            crate::time::on_tick();
+            crate::cluster::on_tick(crate::time::on_tick());
             apic::end_of_interrupt();
         }
         SPURIOUS_VECTOR => {}           // no EOI for spurious interrupts

@@ -226,7 +226,7 @@ fn map_device(phys: u64, len: u64, caching: Flags) -> u64 {
     let mut at = first;
     while at < end {
         let virt = VirtAddr::new(base + (at - first));
-        let huge = at % HUGE == 0 && at + HUGE <= end;
+        let huge = at.is_multiple_of(HUGE) && at + HUGE <= end;
         // SAFETY: device memory mapped at fresh addresses of the MMIO window,
         // which no Rust reference points into.
         let mapped = unsafe {

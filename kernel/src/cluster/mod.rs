@@ -1,0 +1,224 @@
+//! This node's membership in the cluster.
+//!
+//! Attaches the shared memory node (ivshmem BAR2) through `shm-ext`, which
+//! initialises or validates the on-device format; joins the node table under
+//! the id from the command line; beats its heart from the timer tick; and
+//! watches the other nodes' heartbeats from the main loop, logging who joins,
+//! leaves or dies. Doorbells ring through the node table, so that nodes on
+//! ivshmem-plain (no interrupts) find them by polling.
+
+pub mod smoke;
+
+use crate::drivers::ivshmem;
+use crate::sync::IrqMutex;
+use crate::time;
+use core::sync::atomic::{AtomicBool, Ordering};
+use shm_ext::{
+    Doorbell, EventKind, Generation, InitParams, LivenessMonitor, NodeFacts, NodeSet, Region, Shm,
+    ShmError,
+};
+
+/// Heartbeat period, in timer ticks (100 ms at 100 Hz).
+const HEARTBEAT_TICKS: u64 = 10;
+/// How long a node waits for another to finish initialising the superblock.
+const ATTACH_WAIT_NS: u64 = 5_000_000_000;
+
+/// This node: its id, its incarnation, and the shared memory it sits on.
+pub struct Node {
+    /// Node id (index in the node table).
+    pub id: u16,
+    generation: IrqMutex<Generation>,
+    shm: Shm<'static>,
+    monitor: IrqMutex<LivenessMonitor>,
+    /// Set by the tick when a heartbeat is refused (we were declared dead).
+    lost: AtomicBool,
+}
+
+static NODE: spin::Once<Node> = spin::Once::new();
+
+/// Rings doorbells through the ivshmem device's Doorbell register.
+struct IvshmemDoorbell;
+
+impl Doorbell for IvshmemDoorbell {
+    fn ring(&self, peer: u16, vector: u16) {
+        if let Some(dev) = ivshmem::device() {
+            dev.ring(peer, vector);
+        }
+    }
+    fn local_peer(&self) -> Option<u16> {
+        ivshmem::device()
+            .filter(|d| d.has_doorbells())
+            .map(|d| d.position() as u16)
+    }
+}
+
+/// Why this node could not join.
+#[derive(Debug)]
+pub enum JoinError {
+    /// No usable ivshmem device.
+    NoDevice,
+    /// The shared memory refused us (corrupt, too small, table full, ...).
+    Shm(ShmError),
+}
+
+impl core::fmt::Display for JoinError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            JoinError::NoDevice => f.write_str("no ivshmem device"),
+            JoinError::Shm(e) => write!(f, "shared memory: {e} ({})", e.name()),
+        }
+    }
+}
+
+fn facts(dev: &ivshmem::Ivshmem) -> NodeFacts<'static> {
+    NodeFacts {
+        doorbell_peer: IvshmemDoorbell.local_peer(),
+        memory_mib: crate::memory::stats().usable_bytes >> 20,
+        app_count: 0,
+        label: if dev.has_doorbells() {
+            "shmos doorbell"
+        } else {
+            "shmos plain"
+        },
+    }
+}
+
+/// Attaches the shared memory node and joins as `id`.
+pub fn join(id: u16) -> Result<&'static Node, JoinError> {
+    let dev = ivshmem::device().ok_or(JoinError::NoDevice)?;
+    // SAFETY: BAR2 is mapped for the kernel's whole life at `shared` with
+    // `shared_len` bytes; other nodes write it concurrently, which shm-ext
+    // allows for by touching it only through atomics and volatile copies.
+    let region = unsafe { Region::new(dev.shared as *mut u8, dev.shared_len as usize) };
+    let deadline = time::now_ns() + ATTACH_WAIT_NS;
+    let shm = Shm::attach(region, &InitParams::default(), time::now_ns, deadline)
+        .map_err(JoinError::Shm)?;
+    let generation = shm.join(id, &facts(dev)).map_err(JoinError::Shm)?;
+    crate::kprintln!(
+        "node {id}: joined as generation {} ({} the shared memory, {} MiB, heartbeat timeout {} ms)",
+        generation.0,
+        if shm.initialised_here() {
+            "initialised"
+        } else {
+            "validated"
+        },
+        dev.shared_len >> 20,
+        shm.heartbeat_timeout_ns() / 1_000_000
+    );
+    let node = NODE.call_once(|| Node {
+        id,
+        generation: IrqMutex::new(generation),
+        shm,
+        monitor: IrqMutex::new(LivenessMonitor::new(Some(id))),
+        lost: AtomicBool::new(false),
+    });
+    Ok(node)
+}
+
+/// Called from the timer interrupt: beats the heart every [`HEARTBEAT_TICKS`].
+pub fn on_tick(ticks: u64) {
+    if !ticks.is_multiple_of(HEARTBEAT_TICKS) {
+        return;
+    }
+    if let Some(node) = NODE.get()
+        && node.shm.heartbeat(node.id, node.generation()).is_err()
+    {
+        node.lost.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Node {
+    /// This node's current incarnation.
+    pub fn generation(&self) -> Generation {
+        *self.generation.lock()
+    }
+
+    /// The shared memory node.
+    pub fn shm(&self) -> &Shm<'static> {
+        &self.shm
+    }
+
+    /// Nodes currently live in the node table.
+    pub fn live(&self) -> NodeSet {
+        self.shm.live_nodes()
+    }
+
+    /// Main-loop work: watch the others' heartbeats and log what changed;
+    /// rejoin if the others declared us dead (we stalled past the timeout).
+    pub fn poll(&self) -> Events {
+        if self.lost.swap(false, Ordering::Relaxed) {
+            match self.shm.join(
+                self.id,
+                &facts(ivshmem::device().expect("joined through it")),
+            ) {
+                Ok(g) => {
+                    log::warn!(
+                        "node {}: declared dead by the others; rejoined as generation {}",
+                        self.id,
+                        g.0
+                    );
+                    *self.generation.lock() = g;
+                }
+                Err(e) => log::error!("node {}: cannot rejoin: {e}", self.id),
+            }
+        }
+        let events = self.monitor.lock().observe(&self.shm, time::now_ns());
+        let mut out = Events::default();
+        for e in events.iter().filter(|e| e.node != self.id) {
+            let g = e.generation.0;
+            match e.kind {
+                EventKind::Joined => {
+                    crate::kprintln!("node {}: node {} joined (generation {g})", self.id, e.node)
+                }
+                EventKind::Left => {
+                    crate::kprintln!("node {}: node {} left (generation {g})", self.id, e.node)
+                }
+                EventKind::Died { declared_here } => crate::kprintln!(
+                    "node {}: node {} died (generation {g}){}",
+                    self.id,
+                    e.node,
+                    if declared_here {
+                        ", declared dead here"
+                    } else {
+                        ""
+                    }
+                ),
+            }
+            match e.kind {
+                EventKind::Joined => out.joined.insert(e.node),
+                EventKind::Died { .. } => out.died.insert(e.node),
+                EventKind::Left => {}
+            }
+        }
+        out
+    }
+
+    /// Rings `vector` on node `node` (interrupt if it has doorbells, else it polls).
+    pub fn ring(&self, node: u16, vector: u16) -> Result<(), ShmError> {
+        self.shm.ring(&IvshmemDoorbell, node, vector)
+    }
+
+    /// Vectors rung on this node since the last call, and whether an
+    /// interrupt delivered them (false: found by polling the node table).
+    pub fn take_doorbells(&self) -> (u32, bool) {
+        let by_interrupt = ivshmem::take_pending();
+        let in_table = self.shm.take_pending(self.id).unwrap_or(0);
+        (by_interrupt | in_table, by_interrupt != 0)
+    }
+
+    /// Leaves the node table in an orderly way (before powering off).
+    pub fn leave(&self) {
+        if let Err(e) = self.shm.leave(self.id, self.generation()) {
+            log::warn!("node {}: leave: {e}", self.id);
+        }
+    }
+}
+
+/// What one [`Node::poll`] saw.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Events {
+    /// Nodes that joined (a new generation seen live).
+    pub joined: NodeSet,
+    /// Nodes that died.
+    pub died: NodeSet,
+}
