@@ -76,6 +76,8 @@ pub struct Cluster {
     tx: Sender<ConsoleLine>,
     rx: Receiver<ConsoleLine>,
     logs: BTreeMap<u32, Vec<String>>,
+    /// Where each node's current boot starts in its log.
+    boot_starts: BTreeMap<u32, usize>,
     exits: BTreeMap<u32, VmExit>,
     color: bool,
 }
@@ -125,6 +127,7 @@ impl Cluster {
             tx,
             rx,
             logs: BTreeMap::new(),
+            boot_starts: BTreeMap::new(),
             exits: BTreeMap::new(),
             color,
         })
@@ -183,10 +186,9 @@ impl Cluster {
         vm.extra_args = self.device_args();
         let running = Vm::spawn(&vm, self.tx.clone())?;
         self.exits.remove(&node);
-        self.logs
-            .entry(node)
-            .or_default()
-            .push(format!("--- boot: {}", vm.full_cmdline()));
+        let log = self.logs.entry(node).or_default();
+        self.boot_starts.insert(node, log.len());
+        log.push(format!("--- boot: {}", vm.full_cmdline()));
         self.vms.insert(node, running);
         Ok(())
     }
@@ -275,16 +277,20 @@ impl Cluster {
         Ok(seen)
     }
 
-    /// Waits until node `node` prints a serial line containing `needle`;
-    /// returns that line. Fails if the node stops first or `timeout` passes.
+    /// Waits until node `node`'s current boot prints a serial line containing
+    /// `needle` (or has printed it already); returns that line. Fails if the
+    /// node stops first or `timeout` passes.
     pub fn wait_for(&mut self, node: u32, needle: &str, timeout: Duration) -> Result<String> {
         let deadline = Instant::now() + timeout;
         loop {
-            for line in self.pump(Duration::from_millis(20))? {
-                if line.node == node && line.stream == Stream::Serial && line.text.contains(needle)
-                {
-                    return Ok(line.text);
-                }
+            let start = self.boot_starts.get(&node).copied().unwrap_or(0);
+            if let Some(line) = self
+                .log(node)
+                .iter()
+                .skip(start)
+                .find(|l| l.contains(needle))
+            {
+                return Ok(line.clone());
             }
             if let Some(exit) = self
                 .exits
@@ -302,6 +308,7 @@ impl Cluster {
                     timeout.as_secs_f64()
                 );
             }
+            self.pump(Duration::from_millis(20))?;
         }
     }
 

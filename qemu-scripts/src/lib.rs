@@ -7,6 +7,7 @@ pub mod cluster;
 pub mod doorbell;
 pub mod harness;
 pub mod host;
+pub mod inspect;
 pub mod vm;
 
 use std::path::{Path, PathBuf};

@@ -55,6 +55,18 @@ enum Cmd {
     /// every node sees every other as live, then power off.
     #[command(after_help = AFTER_HELP)]
     Cluster(ClusterArgs),
+    /// Print the superblock and node table of a shared memory file.
+    Inspect(InspectArgs),
+}
+
+#[derive(Args)]
+struct InspectArgs {
+    /// The shared memory file [default: the newest running or left-over
+    /// cluster's, /dev/shm/shmos-*/memory].
+    path: Option<PathBuf>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -145,6 +157,7 @@ fn main() -> ExitCode {
         Cmd::Run(args) => run(args),
         Cmd::Test(args) => test(args),
         Cmd::Cluster(args) => cluster(args),
+        Cmd::Inspect(args) => inspect(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -198,6 +211,15 @@ fn run(args: RunArgs) -> Result<u8> {
         harness::print_tail(&[], Some(log));
     }
     Ok(outcome.code())
+}
+
+fn inspect(args: InspectArgs) -> Result<u8> {
+    let path = match args.path {
+        Some(p) => p,
+        None => shmos::inspect::newest_cluster_file()?,
+    };
+    print!("{}", shmos::inspect::report(&path, args.json)?);
+    Ok(0)
 }
 
 fn cluster(args: ClusterArgs) -> Result<u8> {

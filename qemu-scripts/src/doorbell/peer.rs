@@ -1,6 +1,6 @@
 //! One connected client: its eventfds and its queue of outgoing messages.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::io::IoSlice;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
@@ -74,6 +74,11 @@ pub(crate) struct Peer {
     front_sent: usize,
     /// Set while the kernel refuses more in-flight fds for this client.
     pub(crate) fd_limited: bool,
+    /// Ids whose departure this client was told about. QEMU 7.2 frees a
+    /// departed peer's eventfd array but keeps the pointer, so announcing a
+    /// new peer under such an id to this client corrupts QEMU's heap
+    /// ("corrupted double-linked list", seen here): the server avoids them.
+    pub(crate) departed: BTreeSet<u16>,
 }
 
 impl Peer {
@@ -92,6 +97,7 @@ impl Peer {
             queue: VecDeque::new(),
             front_sent: 0,
             fd_limited: false,
+            departed: BTreeSet::new(),
         }
     }
 
@@ -122,6 +128,7 @@ impl Peer {
             self.queue.retain(|m| !announces(m));
         } else {
             self.push(Msg::plain(i64::from(id)));
+            self.departed.insert(id);
         }
     }
 
@@ -166,11 +173,16 @@ impl Peer {
     }
 }
 
-/// The lowest id in `0..max_peers` no connected peer has.
-pub(crate) fn lowest_free_id<V>(peers: &BTreeMap<u16, V>, max_peers: u32) -> Option<u16> {
+/// The lowest id in `0..max_peers` that no connected peer has and that
+/// `usable` accepts (the server uses it to keep departed ids in quarantine).
+pub(crate) fn lowest_free_id<V>(
+    peers: &BTreeMap<u16, V>,
+    max_peers: u32,
+    usable: impl Fn(u16) -> bool,
+) -> Option<u16> {
     (0..max_peers.min(super::PROTOCOL_MAX_PEERS))
         .map(|id| id as u16)
-        .find(|id| !peers.contains_key(id))
+        .find(|&id| !peers.contains_key(&id) && usable(id))
 }
 
 #[cfg(test)]
@@ -195,16 +207,18 @@ mod tests {
 
     #[test]
     fn lowest_free_id_fills_holes_and_respects_the_limit() {
+        let any = |_| true;
         let mut peers = BTreeMap::new();
-        assert_eq!(lowest_free_id(&peers, 2), Some(0));
+        assert_eq!(lowest_free_id(&peers, 2, any), Some(0));
         peers.insert(0u16, ());
-        assert_eq!(lowest_free_id(&peers, 2), Some(1));
+        assert_eq!(lowest_free_id(&peers, 2, any), Some(1));
         peers.insert(1, ());
-        assert_eq!(lowest_free_id(&peers, 2), None);
+        assert_eq!(lowest_free_id(&peers, 2, any), None);
         peers.remove(&0);
-        assert_eq!(lowest_free_id(&peers, 2), Some(0));
+        assert_eq!(lowest_free_id(&peers, 2, any), Some(0));
+        assert_eq!(lowest_free_id(&peers, 2, |id| id != 0), None, "quarantined");
         assert_eq!(
-            lowest_free_id(&BTreeMap::<u16, ()>::new(), u32::MAX),
+            lowest_free_id(&BTreeMap::<u16, ()>::new(), u32::MAX, any),
             Some(0)
         );
     }

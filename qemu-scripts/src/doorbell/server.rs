@@ -279,7 +279,12 @@ impl Server {
     /// Gives a new client the lowest free id and queues the protocol's
     /// messages, in the order of the spec and QEMU's reference server.
     fn admit(&mut self, stream: std::os::unix::net::UnixStream, on_event: &mut dyn FnMut(Event)) {
-        let Some(id) = lowest_free_id(&self.peers, self.max_peers) else {
+        // `max_peers` bounds the clients connected at once; an id is skipped
+        // while a connected client was told its previous holder left.
+        let peers = &self.peers;
+        let told_departed = |id: u16| peers.values().any(|p| p.departed.contains(&id));
+        let free = lowest_free_id(peers, super::PROTOCOL_MAX_PEERS, |id| !told_departed(id));
+        let Some(id) = free.filter(|_| peers.len() < self.max_peers as usize) else {
             on_event(Event::ClientRefused {
                 reason: format!("all {} peer ids are in use", self.max_peers),
             });
