@@ -6,7 +6,9 @@
 //! deliberately broken tests, for the harness's own test). The cluster check
 //! (see `cluster::smoke`): `cluster.wait_live=N`, `cluster.live_within_ms=MS`,
 //! `cluster.ring=NODE:VECTOR`, `cluster.expect_ring=VECTOR`,
-//! `cluster.watch_rejoin=NODE`, `cluster.stay`. Unknown words are ignored.
+//! `cluster.watch_rejoin=NODE`, `cluster.stay`. The doorbell benchmark
+//! (nodes 0 and 1): `bench.doorbell=bare|shmos`, `bench.iterations=N`.
+//! Unknown words are ignored.
 
 /// The parsed command line.
 #[derive(Debug, Default, Clone)]
@@ -33,12 +35,16 @@ pub struct Args {
     pub cluster_watch_rejoin: Option<u16>,
     /// Never power off (the victim of a kill test).
     pub cluster_stay: bool,
+    /// Run the doorbell round-trip benchmark on this path.
+    pub bench_doorbell: Option<crate::cluster::bench::Path>,
+    /// Timed round trips.
+    pub bench_iterations: usize,
 }
 
 impl Args {
     /// Parses the command line; malformed values are reported and ignored.
     pub fn parse(line: &'static str) -> Args {
-        let mut args = Args::default();
+        let mut args = Args { bench_iterations: 1000, ..Args::default() };
         for word in line.split_ascii_whitespace() {
             let (key, value) = word.split_once('=').unwrap_or((word, ""));
             match key {
@@ -57,6 +63,13 @@ impl Args {
                 "cluster.expect_ring" => args.cluster_expect_ring = number(key, value),
                 "cluster.watch_rejoin" => args.cluster_watch_rejoin = number(key, value),
                 "cluster.stay" => args.cluster_stay = true,
+                "bench.doorbell" => {
+                    args.bench_doorbell = crate::cluster::bench::Path::parse(value);
+                    if args.bench_doorbell.is_none() {
+                        log::warn!("command line: bench.doorbell={value:?}: expected bare or shmos");
+                    }
+                }
+                "bench.iterations" => args.bench_iterations = number(key, value).unwrap_or(1000),
                 _ => {}
             }
         }

@@ -57,6 +57,30 @@ enum Cmd {
     Cluster(ClusterArgs),
     /// Print the superblock and node table of a shared memory file.
     Inspect(InspectArgs),
+    /// Measure shmos next to baselines from the same run; print a table and
+    /// write bench.json.
+    Bench(BenchArgs),
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    #[command(flatten)]
+    vm: VmArgs,
+    /// Independent runs per figure (each boots its VMs afresh).
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// Timed iterations per run.
+    #[arg(long, default_value_t = 1000)]
+    iterations: usize,
+    /// One run of a few iterations: proves the benchmark still works.
+    #[arg(long)]
+    smoke: bool,
+    /// Where bench.json goes.
+    #[arg(long, value_name = "DIR", default_value = "target/bench")]
+    out: PathBuf,
+    /// Echo the VMs' consoles.
+    #[arg(long)]
+    verbose: bool,
 }
 
 #[derive(Args)]
@@ -158,6 +182,7 @@ fn main() -> ExitCode {
         Cmd::Test(args) => test(args),
         Cmd::Cluster(args) => cluster(args),
         Cmd::Inspect(args) => inspect(args),
+        Cmd::Bench(args) => bench(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -211,6 +236,34 @@ fn run(args: RunArgs) -> Result<u8> {
         harness::print_tail(&[], Some(log));
     }
     Ok(outcome.code())
+}
+
+fn bench(args: BenchArgs) -> Result<u8> {
+    let root = shmos::repo_root();
+    host::ensure_qemu()?;
+    let accel = host::choose_accel(args.vm.accel)?;
+    let (runs, iterations) = if args.smoke {
+        (1, 10)
+    } else {
+        (args.runs, args.iterations)
+    };
+    let cfg = shmos::bench::BenchConfig {
+        kernel: args.vm.kernel(&root)?,
+        accel,
+        runs,
+        iterations,
+        verbose: args.verbose,
+    };
+    let report = shmos::bench::run(&cfg, |step| println!("shmos bench: {step}"))?;
+    print!("{}", shmos::bench::table(&report));
+    let out = if args.out.is_absolute() {
+        args.out.clone()
+    } else {
+        root.join(&args.out)
+    };
+    let json = shmos::bench::write_json(&report, &out)?;
+    println!("shmos bench: wrote {}", json.display());
+    Ok(0)
 }
 
 fn inspect(args: InspectArgs) -> Result<u8> {

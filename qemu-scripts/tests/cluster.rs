@@ -183,3 +183,28 @@ fn a_corrupted_superblock_is_refused_by_every_node_without_a_fault() {
         "inspect names the error: {refusal:#}"
     );
 }
+
+#[test]
+fn the_doorbell_benchmark_runs_both_paths() {
+    // A smoke run (one run, ten iterations) so that `shmos bench` cannot rot;
+    // it asserts that figures come out, never how large they are.
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let root = shmos::repo_root();
+    let cfg = shmos::bench::BenchConfig {
+        kernel: shmos::cargo::build_kernel(&root).unwrap_or_else(|e| panic!("{e:#}")),
+        accel: shmos::host::choose_accel(None).unwrap(),
+        runs: 1,
+        iterations: 10,
+        verbose: false,
+    };
+    let report = shmos::bench::run(&cfg, |_| {}).unwrap_or_else(|e| panic!("{e:#}"));
+    let c = &report.comparisons[0];
+    for f in [&c.figure, &c.baseline] {
+        assert!(
+            f.median.is_finite() && f.median > 0.0,
+            "{}: no figure in {report:?}",
+            f.name
+        );
+    }
+    assert!(shmos::bench::table(&report).contains("bare loop"));
+}

@@ -7,7 +7,7 @@
 //! interrupts. `ivshmem-plain` has neither: waiting falls back to polling.
 
 use crate::pci::{self, BarKind, Device, msix};
-use core::sync::atomic::{AtomicU32, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 const VENDOR_REDHAT_QUMRANET: u16 = 0x1af4;
 const DEVICE_IVSHMEM: u16 = 0x1110;
@@ -37,6 +37,8 @@ pub struct Ivshmem {
 static DEVICE: spin::Once<Option<Ivshmem>> = spin::Once::new();
 /// Doorbell vectors that rang and were not yet taken, one bit each.
 static PENDING: AtomicU32 = AtomicU32::new(0);
+/// Doorbell interrupts received, per vector.
+static RECEIVED: [AtomicU64; MAX_VECTORS as usize] = [const { AtomicU64::new(0) }; MAX_VECTORS as usize];
 
 /// Why the device could not be used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,6 +127,7 @@ fn on_interrupt(idt_vector: u8) {
         let vector = idt_vector.wrapping_sub(dev.first_idt_vector) as u32;
         if vector < MAX_VECTORS as u32 {
             PENDING.fetch_or(1 << vector, Ordering::AcqRel);
+            RECEIVED[vector as usize].fetch_add(1, Ordering::Relaxed);
         }
     }
 }
@@ -154,6 +157,11 @@ pub fn device() -> Option<&'static Ivshmem> {
 /// Takes the set of doorbell vectors that rang since the last call.
 pub fn take_pending() -> u32 {
     PENDING.swap(0, Ordering::AcqRel)
+}
+
+/// Doorbell interrupts received on `vector` since boot.
+pub fn interrupts(vector: u16) -> u64 {
+    RECEIVED.get(vector as usize).map_or(0, |c| c.load(Ordering::Relaxed))
 }
 
 crate::kernel_test!(
