@@ -20,6 +20,18 @@
 //! |   13 | `NotLive`            | the node's entry is not live (never joined, joining, or left)   |
 //! |   14 | `NoDoorbell`         | the node has no doorbell peer id to ring                        |
 //! |   15 | `Busy`               | an entry kept changing while being read; try again              |
+//! |   16 | `OutOfMemory`        | no free block large enough in the pool                          |
+//! |   17 | `NoSuchPool`         | no pool with that name or id                                    |
+//! |   18 | `PoolExists`         | a pool with that name exists already                            |
+//! |   19 | `NoSuchRegion`       | the region handle names no allocated region (freed, or never allocated)|
+//! |   20 | `NotOwner`           | the node is outside the region's owner set                      |
+//! |   21 | `NoSuchLock`         | a lock id outside the lock table                                |
+//! |   22 | `NotReserved`        | the lock id is not reserved (by this node)                      |
+//! |   23 | `NotHolder`          | the lock is not held by the caller                              |
+//! |   24 | `TimedOut`           | a wait ran out of time                                          |
+//! |   25 | `QueueFull`          | the destination queue is full (back-pressure)                   |
+//! |   26 | `NoMessage`          | no message is waiting                                           |
+//! |   27 | `TooLarge`           | a length exceeds what the object can hold                       |
 
 use core::fmt;
 
@@ -66,6 +78,30 @@ pub enum ShmError {
     NoDoorbell,
     /// An entry kept changing while being read; try again.
     Busy,
+    /// No free block large enough in the pool.
+    OutOfMemory,
+    /// No pool with that name or id.
+    NoSuchPool,
+    /// A pool with that name exists already.
+    PoolExists,
+    /// The region handle names no allocated region (freed, or never allocated).
+    NoSuchRegion,
+    /// The node is outside the region's owner set.
+    NotOwner,
+    /// A lock id outside the lock table.
+    NoSuchLock,
+    /// The lock id is not reserved (by this node).
+    NotReserved,
+    /// The lock is not held by the caller.
+    NotHolder,
+    /// A wait ran out of time.
+    TimedOut,
+    /// The destination queue is full (back-pressure).
+    QueueFull,
+    /// No message is waiting.
+    NoMessage,
+    /// A length exceeds what the object can hold.
+    TooLarge,
 }
 
 impl ShmError {
@@ -87,6 +123,18 @@ impl ShmError {
             Self::NotLive => 13,
             Self::NoDoorbell => 14,
             Self::Busy => 15,
+            Self::OutOfMemory => 16,
+            Self::NoSuchPool => 17,
+            Self::PoolExists => 18,
+            Self::NoSuchRegion => 19,
+            Self::NotOwner => 20,
+            Self::NoSuchLock => 21,
+            Self::NotReserved => 22,
+            Self::NotHolder => 23,
+            Self::TimedOut => 24,
+            Self::QueueFull => 25,
+            Self::NoMessage => 26,
+            Self::TooLarge => 27,
         }
     }
 
@@ -108,6 +156,18 @@ impl ShmError {
             Self::NotLive => "NotLive",
             Self::NoDoorbell => "NoDoorbell",
             Self::Busy => "Busy",
+            Self::OutOfMemory => "OutOfMemory",
+            Self::NoSuchPool => "NoSuchPool",
+            Self::PoolExists => "PoolExists",
+            Self::NoSuchRegion => "NoSuchRegion",
+            Self::NotOwner => "NotOwner",
+            Self::NoSuchLock => "NoSuchLock",
+            Self::NotReserved => "NotReserved",
+            Self::NotHolder => "NotHolder",
+            Self::TimedOut => "TimedOut",
+            Self::QueueFull => "QueueFull",
+            Self::NoMessage => "NoMessage",
+            Self::TooLarge => "TooLarge",
         }
     }
 }
@@ -132,6 +192,18 @@ impl fmt::Display for ShmError {
             Self::NotLive => f.write_str("node is not live"),
             Self::NoDoorbell => f.write_str("node has no doorbell"),
             Self::Busy => f.write_str("shared memory entry busy, try again"),
+            Self::OutOfMemory => f.write_str("the pool has no free block large enough"),
+            Self::NoSuchPool => f.write_str("no such pool"),
+            Self::PoolExists => f.write_str("a pool with that name exists"),
+            Self::NoSuchRegion => f.write_str("no such region"),
+            Self::NotOwner => f.write_str("not an owner of the region"),
+            Self::NoSuchLock => f.write_str("no such lock"),
+            Self::NotReserved => f.write_str("lock not reserved"),
+            Self::NotHolder => f.write_str("lock not held by the caller"),
+            Self::TimedOut => f.write_str("timed out"),
+            Self::QueueFull => f.write_str("queue full"),
+            Self::NoMessage => f.write_str("no message"),
+            Self::TooLarge => f.write_str("too large"),
         }
     }
 }
