@@ -6,6 +6,8 @@
 //! (the in-kernel test harness).
 #![no_std]
 #![no_main]
+// Every unsafe block says why it holds (arch, MMIO, device memory, boot).
+#![warn(clippy::undocumented_unsafe_blocks)]
 
 extern crate alloc;
 

@@ -1,6 +1,7 @@
 //! The `shmos` host tool as a library: kernel build, QEMU supervision and the
 //! kernel test protocol, shared by the `shmos` binary and integration tests.
 
+#![warn(clippy::undocumented_unsafe_blocks)]
 pub mod bench;
 pub mod cargo;
 pub mod cleanup;
