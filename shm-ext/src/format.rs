@@ -10,9 +10,9 @@
 //! |-------------|--------------------------|------------------------------------------|-----------------------------------|
 //! | superblock  | 0                        | 4 KiB                                    | header below; rest reserved       |
 //! | node table  | 4 KiB                    | `max_nodes * 128`, rounded up to 4 KiB   | one 128-byte entry per node       |
-//! | lock table  | after the node table     | `lock_table_len` (default 64 KiB)        | reserved for global locks         |
-//! | queue area  | after the lock table     | `queue_area_len` (default 256 KiB)       | reserved for messages and signals |
-//! | heap        | after the queue area     | the rest, rounded down to 4 KiB (>= 4 KiB) | reserved for pools / allocator  |
+//! | lock table  | after the node table     | `lock_table_len` (default 64 KiB)        | barrier, then global locks (below) |
+//! | queue area  | after the lock table     | `queue_area_len` (default 256 KiB)       | one message queue per node (below) |
+//! | heap        | after the queue area     | the rest, rounded down to 4 KiB (>= 4 KiB) | pool directory, then pools (below) |
 //!
 //! The superblock records every area's offset and length, so readers follow
 //! the recorded layout, never the defaults above.
@@ -62,13 +62,47 @@
 //! |     40 |   48 | label          | UTF-8 (e.g. the app list), `label length` bytes used     |
 //! |     88 |    4 | pending        | doorbell vectors rung, not yet taken (atomic, bit each)  |
 //! |     92 |    4 | progress       | published progress for barriers (atomic)                 |
-//! |     96 |   32 | reserved       | 0                                                        |
+//! |     96 |    8 | signals        | signals raised, not yet taken (atomic, bit each)         |
+//! |    104 |    4 | barrier        | barrier epoch this node arrived at, 0 never (atomic)     |
+//! |    108 |   20 | reserved       | 0                                                        |
 //!
 //! State and generation form one 64-bit atomic "status word" at offset 0
 //! (`generation << 32 | state`), so that a join, a leave and a declaration
 //! of death are each a single compare-and-swap that also checks the
 //! generation. The facts (16..128) are written while the state is
-//! "joining"; readers re-check the status word around their copy.
+//! "joining"; readers re-check the status word around their copy. A join
+//! thereby also zeroes the pending, progress, signal and barrier fields.
+//!
+//! # Lock table (see [`lock`](crate::lock) and [`barrier`](crate::barrier))
+//!
+//! 64-byte slots. Slot 0: the barrier's released epoch (u32 at 0, atomic),
+//! rest 0. Slot `i >= 1`: lock id `i`: lock word (u64 at 0: holder tag
+//! `generation << 32 | process << 16 | node << 8`, bit 0 contended, 0
+//! free), waiting-node bitmap (u64 at 8), reservation (u64 at 16:
+//! `generation << 32 | node << 8 | 1`, 0 free), rest 0. `len / 64 - 1`
+//! locks: 1023 by default.
+//!
+//! # Queue area (see [`message`](crate::message))
+//!
+//! Node `n`'s queue at `queue_area.offset + n * Q`, `Q = queue_area.len /
+//! max_nodes` rounded down to 64: a 128-byte header (head u64 at 0, reserve
+//! lock u64 at 8, space waiters u64 at 16, tail u64 at 64, receive lock u64
+//! at 72) and a ring of `Q - 128` (rounded down to 32) bytes of records, each
+//! a 32-byte header (control u64 = `position / 32 << 8 | state`, port u32,
+//! length u32, sender tag u64, span u32, destination generation u32) and
+//! the payload, padded to 32 bytes. Largest message: ring - 32 bytes (8,032
+//! by default; 64 KiB needs `queue_area_len >= max_nodes * (64 KiB + 192)`).
+//!
+//! # Heap (see [`pool`](crate::pool) for every field)
+//!
+//! | offset in the heap | length      | contents                                                   |
+//! |-------------------:|-------------|------------------------------------------------------------|
+//! |                  0 | 4 KiB       | magic `SHMPOOL1`, init word, directory lock                 |
+//! |              4 KiB | 8 KiB       | pool directory: 64 entries of 128 bytes (state, lock, extent, name) |
+//! |             12 KiB | the rest    | pool extents, page-aligned: header page (counters, free lists, journal), slot table (64 B per region slot), data |
+//!
+//! Not zeroed when the superblock is written: the first `Pools::attach`
+//! initialises a blank (all-zero) heap.
 
 use core::fmt;
 
@@ -159,6 +193,12 @@ pub mod entry {
     /// Progress this node has published through a cluster-wide step, for
     /// barriers (atomic u32); zeroed at join.
     pub const PROGRESS: usize = 92;
+    /// Signals raised on this node and not yet taken, one bit each (atomic
+    /// u64); zeroed at join.
+    pub const SIGNALS: usize = 96;
+    /// Cluster barrier epoch this node arrived at, 0 = never (atomic u32);
+    /// zeroed at join.
+    pub const BARRIER: usize = 104;
 }
 
 /// Doorbell peer value meaning "no doorbell".

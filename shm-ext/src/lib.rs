@@ -9,6 +9,12 @@
 //!   everything else goes through its bounds- and alignment-checked accessors.
 //! - [`shm`]: attach (initialise or validate), join, heartbeat, leave, read.
 //! - [`liveness`]: per-observer heartbeat watching that declares nodes dead.
+//! - [`lock`]: global locks (futex-style fast path user space runs itself)
+//!   and node-death recovery of locks, queues and the barrier.
+//! - [`signal`]: 64 signals per node. [`message`]: per-node queues of
+//!   messages to (node, port). [`barrier`]: the cluster barrier.
+//! - [`pool`]: named pools on the heap area, contiguous allocation and
+//!   release, ownership and its transfer, recovery after a node dies.
 //! - [`snapshot`]: plain-value reports for the host inspector.
 //! - [`platform`]: the `Doorbell` trait the kernel implements.
 //! - [`error`]: `ShmError` and its numeric codes.
@@ -20,23 +26,34 @@
 #![cfg_attr(not(feature = "std"), no_std)]
 #![deny(unsafe_code)]
 
+pub mod barrier;
 pub mod error;
 pub mod format;
 #[cfg(feature = "std")]
 pub mod host;
 pub mod liveness;
+pub mod lock;
+pub mod message;
 pub mod platform;
+pub mod pool;
 pub mod region;
 pub mod shm;
+pub mod signal;
 pub mod snapshot;
 
+pub use barrier::BarrierTicket;
 pub use error::ShmError;
 pub use format::{
     FORMAT_VERSION, Generation, InitParams, Label, Layout, NodeFacts, NodeInfo, NodeState,
     Superblock,
 };
 pub use liveness::{EventKind, LivenessEvent, LivenessEvents, LivenessMonitor};
+pub use lock::{Caller, IpcRecovery, LockIds, LockInfo, LockTable, LockWait, TryLock};
+pub use message::{QueueInfo, Received};
 pub use platform::{Doorbell, NoDoorbell};
+pub use pool::{
+    PoolId, PoolName, PoolStat, Pools, RecoveryReport, RegionHandle, RegionInfo, RegionState,
+};
 pub use region::Region;
 pub use shm::{NodeSet, Shm};
 pub use snapshot::{NodeReport, Snapshot};

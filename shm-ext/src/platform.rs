@@ -13,6 +13,22 @@ pub trait Doorbell {
     fn local_peer(&self) -> Option<u16>;
 }
 
+/// Doorbell vectors of the extension layer (ivshmem `vectors=4` has 0..4).
+///
+/// A ring also sets the vector's bit in the target's node entry, so nodes
+/// without interrupts find it by polling `Shm::take_pending`.
+pub mod vector {
+    /// A message arrived in the node's queue, or space freed in a queue the
+    /// node found full.
+    pub const MESSAGE: u16 = 0;
+    /// A signal was raised on the node.
+    pub const SIGNAL: u16 = 1;
+    /// A lock the node waits on was released.
+    pub const LOCK: u16 = 2;
+    /// The cluster barrier was released.
+    pub const BARRIER: u16 = 3;
+}
+
 /// A doorbell that rings nothing: for `ivshmem-plain`, where nodes poll.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct NoDoorbell;

@@ -118,20 +118,50 @@ impl<'a> Region<'a> {
     /// Copies `buf.len()` bytes at `offset` out of the region (volatile).
     pub fn read_bytes(&self, offset: usize, buf: &mut [u8]) -> Result<(), ShmError> {
         let p = self.checked_ptr(offset, buf.len(), 1)?;
-        for (i, b) in buf.iter_mut().enumerate() {
+        // Volatile, because other nodes write the region behind the
+        // compiler's back; 8 bytes at a time where the region side is
+        // aligned (a byte loop moved 64 KiB messages at a twentieth of
+        // memcpy speed).
+        let head = p.align_offset(8).min(buf.len());
+        let words = (buf.len() - head) / 8;
+        for (i, b) in buf[..head].iter_mut().enumerate() {
             // SAFETY: `p + i` is inside the checked range `p..p + buf.len()`,
             // which is mapped and readable for `'a`; u8 needs no alignment.
+            *b = unsafe { ptr::read_volatile(p.add(i)) };
+        }
+        for w in 0..words {
+            let at = head + w * 8;
+            // SAFETY: `p + at .. p + at + 8` lies inside the checked range and
+            // `p + head` is 8-aligned, so every such word is aligned.
+            let word = unsafe { ptr::read_volatile(p.add(at).cast::<u64>()) };
+            buf[at..at + 8].copy_from_slice(&word.to_ne_bytes());
+        }
+        for (i, b) in buf.iter_mut().enumerate().skip(head + words * 8) {
+            // SAFETY: as for the head bytes.
             *b = unsafe { ptr::read_volatile(p.add(i)) };
         }
         Ok(())
     }
 
-    /// Copies `data` into the region at `offset` (volatile).
+    /// Copies `data` into the region at `offset` (volatile; see `read_bytes`).
     pub fn write_bytes(&self, offset: usize, data: &[u8]) -> Result<(), ShmError> {
         let p = self.checked_ptr(offset, data.len(), 1)?;
-        for (i, &b) in data.iter().enumerate() {
+        let head = p.align_offset(8).min(data.len());
+        let words = (data.len() - head) / 8;
+        for (i, &b) in data[..head].iter().enumerate() {
             // SAFETY: `p + i` is inside the checked range `p..p + data.len()`,
             // which is mapped and writable for `'a`; u8 needs no alignment.
+            unsafe { ptr::write_volatile(p.add(i), b) };
+        }
+        for w in 0..words {
+            let at = head + w * 8;
+            let word = u64::from_ne_bytes(data[at..at + 8].try_into().expect("8 bytes"));
+            // SAFETY: `p + at .. p + at + 8` lies inside the checked range and
+            // `p + head` is 8-aligned, so every such word is aligned.
+            unsafe { ptr::write_volatile(p.add(at).cast::<u64>(), word) };
+        }
+        for (i, &b) in data.iter().enumerate().skip(head + words * 8) {
+            // SAFETY: as for the head bytes.
             unsafe { ptr::write_volatile(p.add(i), b) };
         }
         Ok(())

@@ -49,6 +49,12 @@ pub struct Snapshot {
     pub superblock: Superblock,
     /// One report per node-table entry.
     pub nodes: NodeReports,
+    /// Reserved, held or waited-for global locks.
+    pub locks: crate::lock::LockReports,
+    /// Every node's message queue.
+    pub queues: crate::message::QueueReports,
+    /// The pool directory and the allocated regions.
+    pub pools: crate::pool::PoolsReport,
 }
 
 impl Snapshot {
@@ -75,6 +81,9 @@ impl Shm<'_> {
                 entries,
                 len: usize::from(self.max_nodes()).min(MAX_NODES),
             },
+            locks: self.lock_reports(),
+            queues: self.queue_reports(),
+            pools: crate::pool::report(self),
         }
     }
 }
@@ -143,6 +152,8 @@ impl fmt::Display for Snapshot {
                 (None, None) => {}
             }
         }
+        write!(f, "{}{}", self.locks, self.queues)?;
+        write!(f, "{}", self.pools)?;
         Ok(())
     }
 }
