@@ -9,10 +9,38 @@
 //! `cluster.watch_rejoin=NODE`, `cluster.stay`. The doorbell benchmark
 //! (nodes 0 and 1): `bench.doorbell=bare|shmos`, `bench.iterations=N`.
 //! Unknown words are ignored.
+//!
+//! Apps (see `crate::apps`): `app=NAME` runs the embedded app NAME on this
+//! node (repeatable: each word starts one more instance); `apps=A,B,C`
+//! starts several at once. An app's argument string follows a colon, with
+//! `+` standing for a space (the command line splits at spaces):
+//! `app=spin:a+5+20` runs `spin` with arguments `a 5 20`. `NAME.args=ARGS`
+//! gives every instance of NAME that has no inline arguments the string
+//! ARGS (same `+` rule). With apps, the node runs them after joining the
+//! cluster (and after `cluster.wait_live=N` nodes are live, if given) instead
+//! of the cluster check, prints `node N: all apps finished` and powers off
+//! with success only if every app exited with code 0.
+
+/// One app instance the command line asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppSpec {
+    /// The embedded app's name.
+    pub name: &'static str,
+    /// Its argument string as written (`+` for spaces); `None` when the
+    /// word gave none (then `NAME.args=` applies, if present).
+    pub raw_args: Option<&'static str>,
+}
+
+/// An argument string as the app sees it: `+` becomes a space.
+pub fn decode_app_args(raw: &str) -> alloc::string::String {
+    raw.replace('+', " ")
+}
 
 /// The parsed command line.
 #[derive(Debug, Default, Clone)]
 pub struct Args {
+    /// The whole line, for the keys read on demand (apps).
+    pub line: &'static str,
     /// This node's id.
     pub node: u32,
     /// Run the kernel tests instead of the normal boot.
@@ -44,7 +72,11 @@ pub struct Args {
 impl Args {
     /// Parses the command line; malformed values are reported and ignored.
     pub fn parse(line: &'static str) -> Args {
-        let mut args = Args { bench_iterations: 1000, ..Args::default() };
+        let mut args = Args {
+            line,
+            bench_iterations: 1000,
+            ..Args::default()
+        };
         for word in line.split_ascii_whitespace() {
             let (key, value) = word.split_once('=').unwrap_or((word, ""));
             match key {
@@ -66,7 +98,9 @@ impl Args {
                 "bench.doorbell" => {
                     args.bench_doorbell = crate::cluster::bench::Path::parse(value);
                     if args.bench_doorbell.is_none() {
-                        log::warn!("command line: bench.doorbell={value:?}: expected bare or shmos");
+                        log::warn!(
+                            "command line: bench.doorbell={value:?}: expected bare or shmos"
+                        );
                     }
                 }
                 "bench.iterations" => args.bench_iterations = number(key, value).unwrap_or(1000),
@@ -74,6 +108,47 @@ impl Args {
             }
         }
         args
+    }
+}
+
+impl Args {
+    /// The app instances to start, in command-line order.
+    pub fn apps(&self) -> impl Iterator<Item = AppSpec> + '_ {
+        self.line
+            .split_ascii_whitespace()
+            .filter_map(|word| {
+                let (key, value) = word.split_once('=')?;
+                matches!(key, "app" | "apps").then_some(value)
+            })
+            .flat_map(|value| value.split(','))
+            .filter(|item| !item.is_empty())
+            .map(|item| match item.split_once(':') {
+                Some((name, raw)) => AppSpec {
+                    name,
+                    raw_args: Some(raw),
+                },
+                None => AppSpec {
+                    name: item,
+                    raw_args: None,
+                },
+            })
+    }
+
+    /// Whether the command line names any app.
+    pub fn has_apps(&self) -> bool {
+        self.apps().next().is_some()
+    }
+
+    /// The argument string for one instance of `spec` (decoded): inline, else
+    /// from `NAME.args=`, else empty.
+    pub fn app_args(&self, spec: &AppSpec) -> alloc::string::String {
+        let raw = spec.raw_args.or_else(|| {
+            self.line.split_ascii_whitespace().find_map(|word| {
+                let (key, value) = word.split_once('=')?;
+                (key.strip_suffix(".args")? == spec.name).then_some(value)
+            })
+        });
+        decode_app_args(raw.unwrap_or(""))
     }
 }
 
@@ -106,5 +181,26 @@ crate::kernel_test!(
         );
         let bad = Args::parse("node=x");
         assert_eq!(bad.node, 0);
+    }
+);
+
+crate::kernel_test!(
+    fn cmdline_parses_apps_and_their_arguments() {
+        let a = Args::parse(
+            "node=1 app=hello apps=spin:a+5,spin:b app=sleeper: hello.args=x+y spin.args=z",
+        );
+        let specs: alloc::vec::Vec<_> = a.apps().collect();
+        let names: alloc::vec::Vec<_> = specs.iter().map(|s| s.name).collect();
+        assert_eq!(names, ["hello", "spin", "spin", "sleeper"]);
+        assert!(a.has_apps());
+        assert_eq!(a.app_args(&specs[0]), "x y", "from hello.args=");
+        assert_eq!(a.app_args(&specs[1]), "a 5", "inline wins");
+        assert_eq!(a.app_args(&specs[2]), "b");
+        assert_eq!(a.app_args(&specs[3]), "", "an empty inline string");
+        assert!(!Args::parse("node=0 test").has_apps());
+        assert!(
+            !Args::parse("app= apps=,").has_apps(),
+            "empty names are skipped"
+        );
     }
 );

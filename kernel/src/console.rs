@@ -23,6 +23,12 @@ pub fn println(args: core::fmt::Arguments<'_>) {
     crate::drivers::serial::write_fmt(format_args!("{args}\n"));
 }
 
+/// Prints text as it is (an app's output), closing any line left open first.
+pub fn print_str(s: &str) {
+    close_open_line();
+    crate::drivers::serial::write_fmt(format_args!("{s}"));
+}
+
 /// Prints the start of a line that a later [`finish_line`] completes.
 pub fn begin_line(args: core::fmt::Arguments<'_>) {
     close_open_line();

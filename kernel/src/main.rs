@@ -1,9 +1,12 @@
 //! The shmos kernel: one per compute node.
 //!
 //! Boot path: bootloader/pvh_entry.S -> [`boot::kernel_entry`] -> [`kernel_main`].
-//! Layout: `arch/` (CPU tables, interrupts, APIC, fault fixups), `memory/`
-//! (frames, paging, heap), `drivers/` (serial), `time` (clock), `testing`
-//! (the in-kernel test harness).
+//! Layout: `arch/` (CPU tables, interrupts, syscall entry, APIC, fault
+//! fixups), `memory/` (frames, paging, heap, address spaces), `drivers/`
+//! (serial, ivshmem), `cluster/` (membership), `task/` (tasks, scheduler,
+//! waiting), `loader/` (ELF), `syscall/` (dispatch), `user/` (user memory),
+//! `apps` (the embedded apps), `time` (clock), `testing` (the in-kernel test
+//! harness).
 #![no_std]
 #![no_main]
 // Every unsafe block says why it holds (arch, MMIO, device memory, boot).
@@ -11,17 +14,22 @@
 
 extern crate alloc;
 
+mod apps;
 mod arch;
 mod boot;
 mod cluster;
 mod cmdline;
 mod console;
 mod drivers;
+mod loader;
 mod memory;
 mod pci;
 mod sync;
+mod syscall;
+mod task;
 mod testing;
 mod time;
+mod user;
 
 use arch::exit::{ExitCode, exit};
 use boot::BootInfo;
@@ -33,6 +41,7 @@ fn kernel_main(boot: &'static BootInfo) -> ! {
     arch::init_cpu();
     let args = cmdline::Args::parse(boot.cmdline());
     memory::init(boot);
+    task::init();
     arch::apic::init();
     time::init();
     x86_64::instructions::interrupts::enable();
@@ -43,26 +52,43 @@ fn kernel_main(boot: &'static BootInfo) -> ! {
     if args.test {
         testing::run(&args);
     }
-    exit(if join_cluster(&args) {
+    exit(if run_node(&args) {
         ExitCode::Success
     } else {
         ExitCode::Failure
     })
 }
 
-/// With a shared memory device, joins the cluster and runs the cluster check
-/// the command line asks for; without one there is nothing to join.
-fn join_cluster(args: &cmdline::Args) -> bool {
-    if drivers::ivshmem::device().is_none() {
-        return true;
+/// With a shared memory device, joins the cluster; then runs the apps the
+/// command line names or, without apps, the cluster check it asks for
+/// (without a device there is nothing to join; apps still run).
+fn run_node(args: &cmdline::Args) -> bool {
+    let node = match drivers::ivshmem::device() {
+        None => None,
+        Some(_) => match cluster::join(args.node as u16) {
+            Ok(node) => Some(node),
+            Err(e) => {
+                kprintln!("node {}: FAILED: cannot join the cluster: {e}", args.node);
+                return false;
+            }
+        },
+    };
+    if !args.has_apps() {
+        return node.is_none_or(|node| cluster::smoke::run(node, args));
     }
-    match cluster::join(args.node as u16) {
-        Ok(node) => cluster::smoke::run(node, args),
-        Err(e) => {
-            kprintln!("node {}: FAILED: cannot join the cluster: {e}", args.node);
-            false
-        }
+    syscall::basic::set_node(args.node, node);
+    if let (Some(node), Some(n)) = (node, args.cluster_wait_live) {
+        // Apps that talk to other nodes expect them to be there.
+        let _ = task::wait_event(task::Events::TICK, None, || {
+            node.poll();
+            node.live().len() >= n as usize
+        });
     }
+    let ok = apps::run(args, node);
+    if let Some(node) = node {
+        node.leave();
+    }
+    ok
 }
 
 /// The first lines a user sees: which node, how much memory, how time runs.

@@ -1,5 +1,6 @@
-//! Nested cargo runs: the kernel build (after making sure its target is
-//! installed) and the host test run, plus parsing of cargo test's summaries.
+//! Nested cargo runs: the apps and kernel builds (after making sure their
+//! target is installed) and the host test run, plus parsing of cargo test's
+//! summaries.
 
 use crate::cleanup::Guarded;
 use anyhow::{Context, Result, bail};
@@ -17,16 +18,34 @@ pub fn kernel_elf(root: &Path) -> PathBuf {
         .join("release/shmos-kernel")
 }
 
-/// Builds the kernel (streaming cargo's output to stderr) and returns the ELF path.
+/// Where `cargo build --release` in apps/ puts the app ELFs (apps/.cargo/config.toml).
+pub fn apps_dir(root: &Path) -> PathBuf {
+    root.join("target/apps").join(KERNEL_TARGET).join("release")
+}
+
+/// Builds the apps, then the kernel that embeds them (streaming cargo's
+/// output to stderr), and returns the kernel ELF's path.
 pub fn build_kernel(root: &Path) -> Result<PathBuf> {
     let kernel_dir = root.join("kernel");
     ensure_target(&kernel_dir)?;
+    // kernel/build.rs embeds what lands in apps_dir(root), its default.
+    cargo_build(&root.join("apps"))?;
+    cargo_build(&kernel_dir)?;
+    let elf = kernel_elf(root);
+    if !elf.is_file() {
+        bail!("kernel build succeeded but {} is missing", elf.display());
+    }
+    Ok(elf)
+}
+
+/// `cargo build --release` in `dir` (kernel/ or apps/), for the kernel target.
+fn cargo_build(dir: &Path) -> Result<()> {
     let mut cmd = Command::new("cargo");
-    cmd.args(["build", "--release"]).current_dir(&kernel_dir);
+    cmd.args(["build", "--release"]).current_dir(dir);
     if std::io::stderr().is_terminal() {
         cmd.arg("--color=always"); // we pipe its stderr, which would turn colour off
     }
-    // Host-side settings from the environment would override kernel/.cargo/config.toml:
+    // Host-side settings from the environment would override DIR/.cargo/config.toml:
     // RUSTFLAGS replaces the target rustflags (code model, relocation model) and a
     // target dir or target moves or breaks the artifact.
     for var in [
@@ -47,13 +66,12 @@ pub fn build_kernel(root: &Path) -> Result<PathBuf> {
     }
     let status = cargo.wait()?;
     if !status.success() {
-        bail!("kernel build failed ({status}); cargo's output is above");
+        bail!(
+            "build in {} failed ({status}); cargo's output is above",
+            dir.display()
+        );
     }
-    let elf = kernel_elf(root);
-    if !elf.is_file() {
-        bail!("kernel build succeeded but {} is missing", elf.display());
-    }
-    Ok(elf)
+    Ok(())
 }
 
 /// Installs the kernel target for the pinned toolchain (rustup 1.29 does not

@@ -100,7 +100,7 @@ struct ClusterArgs {
     /// Number of nodes (VMs), 1 to 8.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=shmos::cluster::MAX_NODES as i64))]
     nodes: u32,
-    /// App to run on every node (repeatable).
+    /// App to run on every node (repeatable; NAME:ARGS with + for spaces).
     #[arg(long = "app", value_name = "NAME")]
     apps: Vec<String>,
     /// Size of the shared memory: a power of two from 1M (K, M, G suffixes).
@@ -278,9 +278,6 @@ fn inspect(args: InspectArgs) -> Result<u8> {
 fn cluster(args: ClusterArgs) -> Result<u8> {
     use shmos::cluster::{Cluster, ClusterConfig, parse_size};
     let root = shmos::repo_root();
-    if let Some(app) = args.apps.first() {
-        anyhow::bail!("unknown app {app:?}: no apps are built into the image yet");
-    }
     host::ensure_qemu()?;
     let accel = host::choose_accel(args.vm.accel)?;
     let shm_size = parse_size(&args.shm_size)?;
@@ -289,7 +286,10 @@ fn cluster(args: ClusterArgs) -> Result<u8> {
     cfg.plain = args.plain;
     cfg.firmware = args.vm.firmware;
     cfg.memory = args.vm.memory.clone();
-    cfg.cmdline = format!("cluster.wait_live={} {}", args.nodes, args.vm.append);
+    // Each node runs the apps once all nodes are live (an unknown name fails
+    // every node, with the list of embedded apps).
+    let apps: String = args.apps.iter().map(|a| format!(" app={a}")).collect();
+    cfg.cmdline = format!("cluster.wait_live={}{apps} {}", args.nodes, args.vm.append);
     let mut cluster = Cluster::start(cfg)?;
     println!(
         "shmos: cluster of {} nodes ({accel}, {}, {} MiB shared) in {}",

@@ -1,10 +1,12 @@
 //! Per-CPU state behind one accessor.
 //!
-//! Only the boot CPU runs today, so [`current`] returns slot 0. When the other
-//! CPUs start, each will find its slot through its GS base; callers do not
-//! change because they only ever go through [`current`].
+//! Only the boot CPU runs today, so [`current`] returns slot 0. In kernel
+//! mode, GS base already points at the running CPU's slot (the syscall entry
+//! and the interrupt stubs `swapgs` on every crossing from and to user mode,
+//! see `arch::syscall`); when the other CPUs start, [`current`] will read it
+//! there. Callers do not change because they only ever go through [`current`].
 
-use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use x86_64::structures::tss::TaskStateSegment;
 
 /// How many CPUs the per-CPU tables have room for.
@@ -28,8 +30,16 @@ pub struct CaughtFault {
     pub address: u64,
 }
 
-/// What one CPU keeps for itself.
+/// What one CPU keeps for itself. `repr(C)`: the syscall entry reaches the
+/// first two fields through GS at fixed offsets.
+#[repr(C)]
 pub struct PerCpu {
+    /// Top of the running task's kernel stack: the syscall entry switches to
+    /// it (at [`KERNEL_STACK_OFFSET`]).
+    pub kernel_stack: AtomicU64,
+    /// The user stack pointer while the syscall entry saves it (at
+    /// [`USER_RSP_OFFSET`]).
+    user_rsp: AtomicU64,
     /// Index in the per-CPU tables.
     pub index: usize,
     /// Local APIC id, once the APIC is up.
@@ -37,11 +47,25 @@ pub struct PerCpu {
     caught_vector: AtomicU32,
     caught_error: AtomicU64,
     caught_address: AtomicU64,
+    /// Pid of the task running here (the scheduler keeps it).
+    pub current_task: AtomicU32,
+    /// Set when the running task should give the CPU up at the next
+    /// chance (its time slice is over, or a task with work was woken).
+    pub need_resched: AtomicBool,
 }
+
+/// Offset of [`PerCpu::kernel_stack`], for the syscall entry.
+pub const KERNEL_STACK_OFFSET: usize = core::mem::offset_of!(PerCpu, kernel_stack);
+/// Offset of `PerCpu::user_rsp`, for the syscall entry.
+pub const USER_RSP_OFFSET: usize = core::mem::offset_of!(PerCpu, user_rsp);
 
 impl PerCpu {
     const fn new(index: usize) -> Self {
         Self {
+            kernel_stack: AtomicU64::new(0),
+            user_rsp: AtomicU64::new(0),
+            current_task: AtomicU32::new(0),
+            need_resched: AtomicBool::new(false),
             index,
             apic_id: AtomicU32::new(0),
             caught_vector: AtomicU32::new(u32::MAX),

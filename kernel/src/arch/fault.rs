@@ -5,7 +5,12 @@
 //! per-CPU slot and resumes at the fixup instead of failing the run (Linux's
 //! exception tables do the same). Kernel tests use this to provoke page faults
 //! and check how they are reported; user-pointer copies will use it too.
-//! Any other exception prints a full report and fails the run.
+//! User-memory copies use the `rep movsb` probe the same way: a fault
+//! mid-copy returns an error instead of crashing the kernel.
+//!
+//! An exception raised in user mode kills that app alone (see
+//! `task::kill_current`). Any other exception prints a full report and fails
+//! the run.
 
 use super::cpu::{self, CaughtFault};
 use super::interrupts::TrapFrame;
@@ -33,6 +38,20 @@ fault_probe_write_u64:
     xor %eax, %eax
     ret
 2:  xor %eax, %eax
+    mov $1, %edx
+    ret
+    .pushsection .fault_fixup, "a"
+    .quad 1b, 2b
+    .popsection
+
+    .global fault_probe_copy
+fault_probe_copy:
+    mov %rdx, %rcx
+1:  rep movsb
+    xor %eax, %eax
+    xor %edx, %edx
+    ret
+2:  mov %rcx, %rax
     mov $1, %edx
     ret
     .pushsection .fault_fixup, "a"
@@ -71,6 +90,7 @@ unsafe extern "C" {
     fn fault_probe_read_u64(addr: u64) -> ProbeResult;
     fn fault_probe_write_u64(addr: u64, value: u64) -> ProbeResult;
     fn fault_probe_invalid_opcode() -> ProbeResult;
+    fn fault_probe_copy(dst: u64, src: u64, len: u64) -> ProbeResult;
     static __fault_fixup_start: u8;
     static __fault_fixup_end: u8;
 }
@@ -102,6 +122,19 @@ pub fn write_u64(addr: u64, value: u64) -> Result<(), CaughtFault> {
     // SAFETY: guarded as above; callers only target memory no Rust reference
     // points into (scratch pages or addresses expected to fault).
     finish(unsafe { fault_probe_write_u64(addr, value) }).map(|_| ())
+}
+
+/// Copies `len` bytes from `src` to `dst` (forward, byte by byte as far as
+/// the caller can tell), or returns the first fault either side took.
+///
+/// # Safety
+///
+/// `dst..dst+len` must be memory no Rust reference points into, other than
+/// a `&mut [u8]` the caller holds for it (user memory, or the caller's own
+/// buffer); `src` may be anything: a fault reading it is caught.
+pub unsafe fn copy(dst: u64, src: u64, len: usize) -> Result<(), CaughtFault> {
+    // SAFETY: the copy instruction is guarded; the caller vouches for dst.
+    finish(unsafe { fault_probe_copy(dst, src, len as u64) }).map(|_| ())
 }
 
 /// Executes `ud2` under a guard and returns the fault it raised.
@@ -199,6 +232,16 @@ pub fn handle_exception(frame: &mut TrapFrame) {
         frame.rip = fix.resume;
         return;
     }
+    // A `syscall` that nested KVM left in user mode (see arch::syscall).
+    let entry = super::syscall::entry_address();
+    if frame.is_from_user() && frame.vector == 14 && frame.rip == entry && cr2 == entry {
+        super::syscall::dispatch_from_fetch_fault(frame);
+        return;
+    }
+    // NMI and machine checks are the machine's, not the app's.
+    if frame.is_from_user() && !matches!(frame.vector, 2 | 18) {
+        crate::task::kill_current(&ExceptionReport::new(frame, cr2));
+    }
     let report = ExceptionReport::new(frame, cr2);
     crate::console::emergency_println(format_args!("{report}"));
     let (mnemonic, name) = exception_name(frame.vector as u8);
@@ -214,6 +257,24 @@ crate::kernel_test!(
         let fault = invalid_opcode().expect_err("ud2 must raise #UD");
         assert_eq!(fault.vector, 6);
         assert_eq!(exception_name(fault.vector).1, "invalid opcode");
+    }
+);
+
+crate::kernel_test!(
+    fn exception_guarded_copy_stops_at_the_fault() {
+        let src = [7u8; 64];
+        let mut dst = [0u8; 64];
+        // SAFETY: dst is our own buffer, held mutably for the call.
+        unsafe { copy(dst.as_mut_ptr() as u64, src.as_ptr() as u64, 64) }.expect("plain copy");
+        assert_eq!(dst, src);
+        let unmapped = crate::memory::paging::SCRATCH_BASE + 0x7000;
+        // SAFETY: as above; the source is unmapped on purpose.
+        let fault = unsafe { copy(dst.as_mut_ptr() as u64, unmapped, 16) }
+            .expect_err("reading an unmapped page faults");
+        assert_eq!((fault.vector, fault.address), (14, unmapped));
+        // SAFETY: the destination is unmapped: nothing is written.
+        let fault = unsafe { copy(unmapped, src.as_ptr() as u64, 8) }.expect_err("write faults");
+        assert_eq!(fault.error_code & 0b10, 0b10, "a write fault");
     }
 );
 

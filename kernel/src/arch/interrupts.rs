@@ -6,6 +6,10 @@
 //! common path, which saves the registers and calls [`interrupt_dispatch`]
 //! with a `&mut TrapFrame`. Handlers may change the frame (the fault-fixup
 //! path moves RIP); the common path restores it and returns with `iretq`.
+//! Coming from user mode, the CPU has switched to the task's kernel stack
+//! (TSS.RSP0) and the common path swaps GS (see `arch::cpu`). A timer tick
+//! or a wake-up that interrupts user mode may switch tasks before returning
+//! (see `task::preempt_point`).
 
 use super::{apic, cpu, fault};
 use core::fmt;
@@ -41,7 +45,11 @@ isr_stubs:
     .endr
 
 isr_common:
-    push %rax
+    /* From user mode (CS.RPL = 3): switch GS to this CPU's area. */
+    testb $3, 24(%rsp)
+    jz 1f
+    swapgs
+1:  push %rax
     push %rbx
     push %rcx
     push %rdx
@@ -74,7 +82,11 @@ isr_common:
     pop %rcx
     pop %rbx
     pop %rax
-    add $16, %rsp
+    /* Back to user mode: give user space its GS again. */
+    testb $3, 24(%rsp)
+    jz 2f
+    swapgs
+2:  add $16, %rsp
     iretq
 "#,
     options(att_syntax)
@@ -112,6 +124,13 @@ pub struct TrapFrame {
     pub rflags: u64,
     pub rsp: u64,
     pub ss: u64,
+}
+
+impl TrapFrame {
+    /// Whether the interrupted code ran in user mode (CS.RPL = 3).
+    pub fn is_from_user(&self) -> bool {
+        self.cs & 3 == 3
+    }
 }
 
 impl fmt::Display for TrapFrame {
@@ -228,8 +247,11 @@ extern "C" fn interrupt_dispatch(frame: &mut TrapFrame) {
     match frame.vector as u8 {
         v if v < 32 => fault::handle_exception(frame),
         TIMER_VECTOR => {
-            crate::cluster::on_tick(crate::time::on_tick());
+            let ticks = crate::time::on_tick();
+            crate::cluster::on_tick(ticks);
+            // Before any task switch: the next tick must not wait for this one.
             apic::end_of_interrupt();
+            crate::task::on_tick();
         }
         SPURIOUS_VECTOR => {}           // no EOI for spurious interrupts
         v if v >= PIC_BASE_VECTOR => {} // a masked legacy PIC's spurious IRQ
@@ -240,6 +262,10 @@ extern "C" fn interrupt_dispatch(frame: &mut TrapFrame) {
             }
             apic::end_of_interrupt();
         }
+    }
+    // Only user mode is preempted: kernel code runs to its next blocking point.
+    if frame.is_from_user() {
+        crate::task::preempt_point();
     }
 }
 

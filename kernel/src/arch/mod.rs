@@ -1,5 +1,6 @@
 //! x86_64 specifics: descriptor tables, interrupt entry and dispatch, the
-//! local APIC, fault fixups, port I/O helpers and power-off.
+//! system call entry, the local APIC, fault fixups, port I/O helpers and
+//! power-off.
 
 pub mod apic;
 pub mod cpu;
@@ -8,10 +9,12 @@ pub mod fault;
 pub mod gdt;
 pub mod interrupts;
 pub mod pit;
+pub mod syscall;
 
-/// Loads this CPU's GDT, TSS and IDT. Runs before memory is set up, so it
-/// uses only static storage.
+/// Loads this CPU's GDT, TSS and IDT and enables `syscall`. Runs before
+/// memory is set up, so it uses only static storage.
 pub fn init_cpu() {
     gdt::init();
     interrupts::init();
+    syscall::init();
 }

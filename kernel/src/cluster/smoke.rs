@@ -69,9 +69,16 @@ pub fn run(node: &Node, args: &Args) -> bool {
         // come before this step began: this check rings only once, so any
         // interrupt on the vector since boot is this ring's.
         let has_doorbells = ivshmem::device().is_some_and(|d| d.has_doorbells());
-        let limit = if has_doorbells { Some(1_000_000_000) } else { Some(0) };
+        let limit = if has_doorbells {
+            Some(1_000_000_000)
+        } else {
+            Some(0)
+        };
         let interrupted = wait(node, limit, |_, _| ivshmem::interrupts(vector) > 0);
-        kprintln!("node {id}: doorbell on vector {vector} ({})", if interrupted { "interrupt" } else { "polled" });
+        kprintln!(
+            "node {id}: doorbell on vector {vector} ({})",
+            if interrupted { "interrupt" } else { "polled" }
+        );
     }
     if let Some(watched) = args.cluster_watch_rejoin {
         let before = node

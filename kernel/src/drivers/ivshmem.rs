@@ -38,7 +38,8 @@ static DEVICE: spin::Once<Option<Ivshmem>> = spin::Once::new();
 /// Doorbell vectors that rang and were not yet taken, one bit each.
 static PENDING: AtomicU32 = AtomicU32::new(0);
 /// Doorbell interrupts received, per vector.
-static RECEIVED: [AtomicU64; MAX_VECTORS as usize] = [const { AtomicU64::new(0) }; MAX_VECTORS as usize];
+static RECEIVED: [AtomicU64; MAX_VECTORS as usize] =
+    [const { AtomicU64::new(0) }; MAX_VECTORS as usize];
 
 /// Why the device could not be used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,6 +129,8 @@ fn on_interrupt(idt_vector: u8) {
         if vector < MAX_VECTORS as u32 {
             PENDING.fetch_or(1 << vector, Ordering::AcqRel);
             RECEIVED[vector as usize].fetch_add(1, Ordering::Relaxed);
+            // Tasks blocked on this doorbell re-check their condition.
+            crate::task::notify(crate::task::Events::doorbell(vector as u16));
         }
     }
 }
@@ -161,7 +164,9 @@ pub fn take_pending() -> u32 {
 
 /// Doorbell interrupts received on `vector` since boot.
 pub fn interrupts(vector: u16) -> u64 {
-    RECEIVED.get(vector as usize).map_or(0, |c| c.load(Ordering::Relaxed))
+    RECEIVED
+        .get(vector as usize)
+        .map_or(0, |c| c.load(Ordering::Relaxed))
 }
 
 crate::kernel_test!(

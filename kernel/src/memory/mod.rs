@@ -1,8 +1,10 @@
-//! Memory: physical frames, the kernel's page tables, the heap.
+//! Memory: physical frames, the kernel's page tables, the heap, and the
+//! address spaces of processes.
 
 pub mod frames;
 pub mod heap;
 pub mod paging;
+pub mod space;
 
 pub use paging::{map_device_memory, map_mmio, phys_to_virt};
 

@@ -1,15 +1,23 @@
 //! The kernel's 4-level page tables.
 //!
-//! Virtual layout (one PML4 shared by the whole kernel):
+//! Virtual layout (the kernel's PML4; every process's PML4 shares its upper
+//! half and its first GiB, see `memory::space`):
 //!
 //! | range                                   | what                                    | mapping              |
 //! |-----------------------------------------|-----------------------------------------|----------------------|
 //! | `0x0000_0000_0000_0000`                 | null page                               | never mapped         |
-//! | `0x0000_0000_0010_0000`..`__kernel_end` | kernel image (text, rodata, data, bss)  | identity, 4 KiB, W^X |
-//! | rest of the lower half                  | user space (later)                      | per process          |
+//! | `0x0000_0000_0010_0000`..`__kernel_end` | kernel image (text, rodata, data, bss)  | identity, 4 KiB, W^X, supervisor |
+//! | `..0x0000_0000_4000_0000`               | rest of the first GiB: kernel only      | unused               |
+//! | `0x0000_0000_4000_0000`..`0x0000_7FFF_FFFF_0000` | user space                     | per process, USER    |
 //! | `0xFFFF_8000_0000_0000` + phys          | direct map of all usable RAM (and heap) | 2 MiB/4 KiB, RW, NX  |
 //! | `0xFFFF_C000_0000_0000`..               | MMIO window (APIC, PCI BARs)            | 4 KiB, uncached, NX  |
+//! | `0xFFFF_D000_0000_0000`..               | task kernel stacks, with guard pages    | 4 KiB, RW, NX        |
 //! | `0xFFFF_E000_0000_0000`..               | scratch space for paging tests          | 4 KiB                |
+//!
+//! The PML4 entries of every upper-half window are created at boot, so that
+//! process PML4s, which copy the kernel's upper half, see every kernel
+//! mapping made later; mapping outside those entries is refused (a panic:
+//! a new window must be added to [`KERNEL_WINDOWS`]).
 //!
 //! The trampoline's identity map of the first 4 GiB is used only while these
 //! tables are built (page-table frames come from low memory then); after the
@@ -31,8 +39,16 @@ use x86_64::{PhysAddr, VirtAddr};
 pub const PHYS_OFFSET: u64 = 0xFFFF_8000_0000_0000;
 /// Base of the MMIO window.
 pub const MMIO_BASE: u64 = 0xFFFF_C000_0000_0000;
+/// Base of the task kernel stacks.
+pub const KERNEL_STACKS_BASE: u64 = 0xFFFF_D000_0000_0000;
 /// Base of the scratch space kernel tests map and unmap in.
 pub const SCRATCH_BASE: u64 = 0xFFFF_E000_0000_0000;
+
+/// Upper-half windows mapped after boot; each gets its PML4 entry at boot.
+pub const KERNEL_WINDOWS: [u64; 3] = [MMIO_BASE, KERNEL_STACKS_BASE, SCRATCH_BASE];
+
+/// Physical address of the kernel's PML4, 0 before [`init`].
+static KERNEL_PML4: AtomicU64 = AtomicU64::new(0);
 
 /// Offset added to a physical address to reach it: 0 during boot (identity),
 /// [`PHYS_OFFSET`] once our tables are live.
@@ -129,9 +145,20 @@ pub fn init<'a>(regions: impl Iterator<Item = &'a MemoryRegion> + Clone) {
         }
     }
 
+    // The windows' top-level entries now, so that address spaces see later
+    // mappings in them.
+    for window in KERNEL_WINDOWS {
+        let entry = &mut boot_view.level_4_table_mut()[pml4_index(window)];
+        if entry.is_unused() {
+            let table = Frames.allocate_frame().expect("a frame for a kernel PDPT");
+            entry.set_frame(table, Flags::PRESENT | Flags::WRITABLE);
+        }
+    }
+
     // SAFETY: the new tables map the running kernel (code, stack in .bss,
     // statics) at the same addresses, so execution continues unchanged.
     unsafe { Cr3::write(pml4_frame, Cr3Flags::empty()) };
+    KERNEL_PML4.store(pml4_phys, Ordering::Relaxed);
     PHYS_VIEW.store(PHYS_OFFSET, Ordering::Relaxed);
     // SAFETY: the PML4 is now live and reachable through the direct map; this
     // mapper is the only owner of a mutable reference to it.
@@ -142,6 +169,41 @@ pub fn init<'a>(regions: impl Iterator<Item = &'a MemoryRegion> + Clone) {
         )
     };
     *KERNEL_TABLES.lock() = Some(live);
+}
+
+fn pml4_index(addr: u64) -> usize {
+    ((addr >> 39) & 511) as usize
+}
+
+/// Panics unless `addr`'s PML4 entry exists: a kernel mapping elsewhere in
+/// the upper half would be missing from every process's address space.
+fn assert_in_window(tables: &OffsetPageTable<'_>, addr: u64) {
+    assert!(
+        addr >= PHYS_OFFSET && !tables.level_4_table()[pml4_index(addr)].is_unused(),
+        "kernel mapping at {addr:#x} outside the windows created at boot"
+    );
+}
+
+/// The kernel's PML4 (what kernel tasks run on).
+pub fn kernel_pml4() -> PhysFrame {
+    PhysFrame::containing_address(PhysAddr::new(KERNEL_PML4.load(Ordering::Relaxed)))
+}
+
+/// Switches to the kernel's own tables, unless they are loaded already.
+pub fn activate_kernel_tables() {
+    let kernel = kernel_pml4();
+    if Cr3::read().0 != kernel {
+        // SAFETY: the kernel's tables map everything kernel code uses; every
+        // address space shares those mappings, so nothing moves under us.
+        unsafe { Cr3::write(kernel, Cr3Flags::empty()) };
+    }
+}
+
+/// Runs `f` on the kernel's PML4 under its lock (address spaces copy its
+/// upper half).
+pub fn with_kernel_pml4<R>(f: impl FnOnce(&PageTable) -> R) -> R {
+    let guard = KERNEL_TABLES.lock();
+    f(guard.as_ref().expect("paging initialised").level_4_table())
 }
 
 /// Why a mapping change failed.
@@ -155,12 +217,16 @@ pub enum MapError {
     NotMapped,
     /// The address lies inside a huge page.
     HugePage,
+    /// The range is not page-aligned or leaves the space it must stay in
+    /// (user space, for a process's address space).
+    OutOfRange,
 }
 
 /// Maps `page` to `frame` in the kernel tables.
 pub fn map(page: Page<Size4KiB>, frame: PhysFrame<Size4KiB>, flags: Flags) -> Result<(), MapError> {
     let mut guard = KERNEL_TABLES.lock();
     let tables = guard.as_mut().expect("paging initialised");
+    assert_in_window(tables, page.start_address().as_u64());
     // SAFETY: callers map only fresh frames or device memory at addresses of
     // the kernel's own ranges, so no existing Rust reference is invalidated.
     match unsafe { tables.map_to(page, frame, flags, &mut Frames) } {
@@ -223,6 +289,8 @@ fn map_device(phys: u64, len: u64, caching: Flags) -> u64 {
     let flags = Flags::PRESENT | Flags::WRITABLE | Flags::NO_EXECUTE | caching;
     let mut guard = KERNEL_TABLES.lock();
     let tables = guard.as_mut().expect("paging initialised");
+    assert_in_window(tables, base);
+    assert_in_window(tables, base + (end - first) - 1);
     let mut at = first;
     while at < end {
         let virt = VirtAddr::new(base + (at - first));

@@ -1,0 +1,440 @@
+//! The shmos system call ABI: the one definition shared by the kernel
+//! (`kernel/`, as a path dependency) and the user runtime (`shmos-rt`).
+//!
+//! # Calling convention
+//!
+//! An app executes `syscall` with the call number in `rax` and up to six
+//! arguments in `rdi, rsi, rdx, r10, r8, r9`. The kernel returns in `rax`
+//! either a value `>= 0` or `-(error code)`; [`decode`] and [`encode`] turn
+//! that into a `Result`. `rcx` and `r11` are clobbered (the CPU uses them);
+//! every other register is preserved.
+//!
+//! # Calls
+//!
+//! | nr | call | arguments | returns |
+//! |---:|------|-----------|---------|
+//! |  0 | `exit` | code (i32) | never returns |
+//! |  1 | `write` | ptr, len (<= [`MAX_WRITE`]) | bytes written to the console |
+//! |  2 | `yield` | - | 0 |
+//! |  3 | `sleep` | ns | 0 |
+//! |  4 | `clock` | - | ns since boot (monotonic) |
+//! |  5 | `node_id` | - | this node's id |
+//! |  6 | `nodes` | - | live nodes, bit N = node N |
+//! |  7 | `barrier` | - | 0 once every live node has reached the same barrier |
+//! |  8 | `args` | buf, len | length of the whole argument string (copies at most len bytes) |
+//! | 10 | `pool_create` | name_ptr, name_len (<= [`MAX_NAME`]), size | pool id |
+//! | 11 | `pool_open` | name_ptr, name_len | pool id |
+//! | 12 | `pool_destroy` | pool | 0 |
+//! | 13 | `pool_stat` | pool, out_ptr ([`PoolStat`]) | 0 |
+//! | 14 | `shm_alloc` | pool, len, align | region handle |
+//! | 15 | `shm_free` | handle | 0 |
+//! | 16 | `shm_map` | handle, flags ([`MAP_WRITABLE`]) | user address of the mapping |
+//! | 17 | `shm_unmap` | addr | 0 |
+//! | 18 | `shm_own` | handle, nodes (bitmap) | 0 |
+//! | 19 | `shm_transfer` | handle, from (bitmap), to (bitmap) | 0 |
+//! | 20 | `lock_reserve` | n (<= [`MAX_LOCKS`]), out_ptr (n x u32) | n |
+//! | 21 | `lock_unreserve` | ids_ptr (u32s), n | 0 |
+//! | 22 | `lock_acquire` | ids_ptr, n, timeout_ns | 0 |
+//! | 23 | `lock_release` | ids_ptr, n | 0 |
+//! | 24 | `lock_wait` | id, observed, timeout_ns | the lock word once it differs from `observed` |
+//! | 25 | `lock_map` | - | user address of the lock table (read-only fast path) |
+//! | 30 | `signal` | node, sig (0..64) | 0 |
+//! | 31 | `signal_all` | sig | number of nodes signalled |
+//! | 32 | `signal_wait` | timeout_ns | pending signal bits (bit N = signal N) |
+//! | 33 | `msg_send` | node, port, ptr, len (<= [`MAX_MESSAGE`]) | 0 |
+//! | 34 | `msg_send_all` | port, ptr, len | number of nodes sent to |
+//! | 35 | `msg_recv` | port, buf_ptr, buf_len, timeout_ns | [`RecvInfo`] packed: length, sender node |
+//!
+//! Timeouts are in nanoseconds: [`NO_WAIT`] (0) tries once, [`FOREVER`]
+//! waits without limit. Node sets are `u64` bitmaps (bit N = node N).
+//!
+//! # Errors
+//!
+//! | code | name | meaning |
+//! |-----:|------|---------|
+//! |  1 | `InvalidArgument` | an argument is out of range or malformed |
+//! |  2 | `BadAddress` | a pointer or range is not mapped, not user memory, or not writable |
+//! |  3 | `Unsupported` | no such call (or not available in this kernel) |
+//! |  4 | `OutOfMemory` | no memory (kernel frames or shared memory) for the request |
+//! |  5 | `NotFound` | no pool, region, lock or node by that name or id |
+//! |  6 | `AlreadyExists` | a pool of that name exists already |
+//! |  7 | `PermissionDenied` | the caller's node does not own the region or hold the lock |
+//! |  8 | `Busy` | the object is in use (locked, mapped, reserved) |
+//! |  9 | `TimedOut` | the wait ran out of time |
+//! | 10 | `WouldBlock` | queue full or nothing to take, and the call may not wait (back-pressure) |
+//! | 11 | `Stale` | a handle of a freed region, or a peer's dead generation |
+//! | 12 | `NotLive` | the node is not live in the cluster (or there is no cluster) |
+//! | 13 | `Corrupt` | the shared memory is damaged |
+//! | 14 | `TooLarge` | a length exceeds the call's limit |
+//! | 15 | `NoDevice` | no shared memory device |
+#![no_std]
+
+use core::fmt;
+
+/// A system call number (the value in `rax`).
+#[repr(u64)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Call {
+    /// Ends the calling app with an exit code.
+    Exit = 0,
+    /// Writes bytes to the console.
+    Write = 1,
+    /// Gives the CPU to the next ready app.
+    Yield = 2,
+    /// Sleeps for at least the given nanoseconds.
+    Sleep = 3,
+    /// Nanoseconds since boot.
+    Clock = 4,
+    /// This node's id.
+    NodeId = 5,
+    /// Bitmap of live nodes.
+    Nodes = 6,
+    /// Waits until every live node reaches the barrier.
+    Barrier = 7,
+    /// Copies the app's argument string.
+    Args = 8,
+    /// Creates a named shared memory pool.
+    PoolCreate = 10,
+    /// Opens a named pool.
+    PoolOpen = 11,
+    /// Destroys a pool.
+    PoolDestroy = 12,
+    /// Reports a pool's figures into a [`PoolStat`].
+    PoolStat = 13,
+    /// Allocates a contiguous region in a pool.
+    ShmAlloc = 14,
+    /// Frees a region.
+    ShmFree = 15,
+    /// Maps a region into the caller.
+    ShmMap = 16,
+    /// Unmaps a mapping made by `shm_map`.
+    ShmUnmap = 17,
+    /// Makes a region exclusive to a node set.
+    ShmOwn = 18,
+    /// Moves a region's ownership from one node set to another.
+    ShmTransfer = 19,
+    /// Reserves global lock ids.
+    LockReserve = 20,
+    /// Gives lock ids back.
+    LockUnreserve = 21,
+    /// Takes one or more global locks.
+    LockAcquire = 22,
+    /// Releases global locks.
+    LockRelease = 23,
+    /// Waits until a lock word changes.
+    LockWait = 24,
+    /// Maps the lock table read-only.
+    LockMap = 25,
+    /// Raises a signal on one node.
+    Signal = 30,
+    /// Raises a signal on every live node.
+    SignalAll = 31,
+    /// Waits for signals.
+    SignalWait = 32,
+    /// Sends a message to one node's port.
+    MsgSend = 33,
+    /// Sends a message to a port on every live node.
+    MsgSendAll = 34,
+    /// Receives a message from a port.
+    MsgRecv = 35,
+}
+
+impl Call {
+    /// Every call, in number order.
+    pub const ALL: [Call; 31] = [
+        Call::Exit,
+        Call::Write,
+        Call::Yield,
+        Call::Sleep,
+        Call::Clock,
+        Call::NodeId,
+        Call::Nodes,
+        Call::Barrier,
+        Call::Args,
+        Call::PoolCreate,
+        Call::PoolOpen,
+        Call::PoolDestroy,
+        Call::PoolStat,
+        Call::ShmAlloc,
+        Call::ShmFree,
+        Call::ShmMap,
+        Call::ShmUnmap,
+        Call::ShmOwn,
+        Call::ShmTransfer,
+        Call::LockReserve,
+        Call::LockUnreserve,
+        Call::LockAcquire,
+        Call::LockRelease,
+        Call::LockWait,
+        Call::LockMap,
+        Call::Signal,
+        Call::SignalAll,
+        Call::SignalWait,
+        Call::MsgSend,
+        Call::MsgSendAll,
+        Call::MsgRecv,
+    ];
+
+    /// The call with number `n`, if there is one.
+    pub const fn from_number(n: u64) -> Option<Call> {
+        Some(match n {
+            0 => Call::Exit,
+            1 => Call::Write,
+            2 => Call::Yield,
+            3 => Call::Sleep,
+            4 => Call::Clock,
+            5 => Call::NodeId,
+            6 => Call::Nodes,
+            7 => Call::Barrier,
+            8 => Call::Args,
+            10 => Call::PoolCreate,
+            11 => Call::PoolOpen,
+            12 => Call::PoolDestroy,
+            13 => Call::PoolStat,
+            14 => Call::ShmAlloc,
+            15 => Call::ShmFree,
+            16 => Call::ShmMap,
+            17 => Call::ShmUnmap,
+            18 => Call::ShmOwn,
+            19 => Call::ShmTransfer,
+            20 => Call::LockReserve,
+            21 => Call::LockUnreserve,
+            22 => Call::LockAcquire,
+            23 => Call::LockRelease,
+            24 => Call::LockWait,
+            25 => Call::LockMap,
+            30 => Call::Signal,
+            31 => Call::SignalAll,
+            32 => Call::SignalWait,
+            33 => Call::MsgSend,
+            34 => Call::MsgSendAll,
+            35 => Call::MsgRecv,
+            _ => return None,
+        })
+    }
+
+    /// The call's number.
+    pub const fn number(self) -> u64 {
+        self as u64
+    }
+
+    /// The call's name as written in the table above.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Call::Exit => "exit",
+            Call::Write => "write",
+            Call::Yield => "yield",
+            Call::Sleep => "sleep",
+            Call::Clock => "clock",
+            Call::NodeId => "node_id",
+            Call::Nodes => "nodes",
+            Call::Barrier => "barrier",
+            Call::Args => "args",
+            Call::PoolCreate => "pool_create",
+            Call::PoolOpen => "pool_open",
+            Call::PoolDestroy => "pool_destroy",
+            Call::PoolStat => "pool_stat",
+            Call::ShmAlloc => "shm_alloc",
+            Call::ShmFree => "shm_free",
+            Call::ShmMap => "shm_map",
+            Call::ShmUnmap => "shm_unmap",
+            Call::ShmOwn => "shm_own",
+            Call::ShmTransfer => "shm_transfer",
+            Call::LockReserve => "lock_reserve",
+            Call::LockUnreserve => "lock_unreserve",
+            Call::LockAcquire => "lock_acquire",
+            Call::LockRelease => "lock_release",
+            Call::LockWait => "lock_wait",
+            Call::LockMap => "lock_map",
+            Call::Signal => "signal",
+            Call::SignalAll => "signal_all",
+            Call::SignalWait => "signal_wait",
+            Call::MsgSend => "msg_send",
+            Call::MsgSendAll => "msg_send_all",
+            Call::MsgRecv => "msg_recv",
+        }
+    }
+}
+
+/// Why a call failed; `-(code)` is what the kernel returns in `rax`.
+#[repr(i64)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Error {
+    /// An argument is out of range or malformed.
+    InvalidArgument = 1,
+    /// A pointer or range is not mapped, not user memory, or not writable.
+    BadAddress = 2,
+    /// No such call (or not available in this kernel).
+    Unsupported = 3,
+    /// No memory for the request.
+    OutOfMemory = 4,
+    /// No object by that name or id.
+    NotFound = 5,
+    /// An object of that name exists already.
+    AlreadyExists = 6,
+    /// The caller may not do this (not owner, not holder).
+    PermissionDenied = 7,
+    /// The object is in use.
+    Busy = 8,
+    /// The wait ran out of time.
+    TimedOut = 9,
+    /// Queue full or nothing to take, and the call may not wait.
+    WouldBlock = 10,
+    /// A handle of a freed region, or a peer's dead generation.
+    Stale = 11,
+    /// The node is not live in the cluster.
+    NotLive = 12,
+    /// The shared memory is damaged.
+    Corrupt = 13,
+    /// A length exceeds the call's limit.
+    TooLarge = 14,
+    /// No shared memory device.
+    NoDevice = 15,
+}
+
+impl Error {
+    /// Every error, in code order.
+    pub const ALL: [Error; 15] = [
+        Error::InvalidArgument,
+        Error::BadAddress,
+        Error::Unsupported,
+        Error::OutOfMemory,
+        Error::NotFound,
+        Error::AlreadyExists,
+        Error::PermissionDenied,
+        Error::Busy,
+        Error::TimedOut,
+        Error::WouldBlock,
+        Error::Stale,
+        Error::NotLive,
+        Error::Corrupt,
+        Error::TooLarge,
+        Error::NoDevice,
+    ];
+
+    /// The positive error code.
+    pub const fn code(self) -> i64 {
+        self as i64
+    }
+
+    /// The error with code `code` (positive), if there is one.
+    pub const fn from_code(code: i64) -> Option<Error> {
+        if code >= 1 && code <= Error::ALL.len() as i64 {
+            Some(Error::ALL[code as usize - 1])
+        } else {
+            None
+        }
+    }
+
+    /// The error's name as written in the table above.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Error::InvalidArgument => "InvalidArgument",
+            Error::BadAddress => "BadAddress",
+            Error::Unsupported => "Unsupported",
+            Error::OutOfMemory => "OutOfMemory",
+            Error::NotFound => "NotFound",
+            Error::AlreadyExists => "AlreadyExists",
+            Error::PermissionDenied => "PermissionDenied",
+            Error::Busy => "Busy",
+            Error::TimedOut => "TimedOut",
+            Error::WouldBlock => "WouldBlock",
+            Error::Stale => "Stale",
+            Error::NotLive => "NotLive",
+            Error::Corrupt => "Corrupt",
+            Error::TooLarge => "TooLarge",
+            Error::NoDevice => "NoDevice",
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What the kernel puts in `rax` for `result`.
+pub const fn encode(result: Result<u64, Error>) -> u64 {
+    match result {
+        // Values keep the sign bit clear so they never read as errors.
+        Ok(v) => v & (i64::MAX as u64),
+        Err(e) => (-e.code()) as u64,
+    }
+}
+
+/// The result a raw `rax` value stands for. A negative value that is no
+/// known error code decodes as `Unsupported` (a newer kernel's error).
+pub const fn decode(rax: u64) -> Result<u64, Error> {
+    let v = rax as i64;
+    if v >= 0 {
+        Ok(rax)
+    } else {
+        match Error::from_code(v.wrapping_neg()) {
+            Some(e) => Err(e),
+            None => Err(Error::Unsupported),
+        }
+    }
+}
+
+/// Most bytes one `write` call takes.
+pub const MAX_WRITE: usize = 64 * 1024;
+/// Most bytes of a pool name.
+pub const MAX_NAME: usize = 64;
+/// Most lock ids in one lock call.
+pub const MAX_LOCKS: usize = 64;
+/// Most bytes in one message.
+pub const MAX_MESSAGE: usize = 4096;
+/// Most bytes of an app's argument string.
+pub const MAX_ARGS: usize = 256;
+/// Signals are numbered 0..SIGNALS (one bit each in `signal_wait`'s result).
+pub const SIGNALS: u64 = 64;
+
+/// Timeout meaning "do not wait": try once.
+pub const NO_WAIT: u64 = 0;
+/// Timeout meaning "wait without limit".
+pub const FOREVER: u64 = u64::MAX;
+
+/// `shm_map` flag: map the region writable (else read-only).
+pub const MAP_WRITABLE: u64 = 1;
+/// Every flag `shm_map` knows; others are `InvalidArgument`.
+pub const MAP_FLAGS: u64 = MAP_WRITABLE;
+
+/// What `pool_stat` writes at `out_ptr`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolStat {
+    /// Bytes in the pool.
+    pub size: u64,
+    /// Bytes not allocated.
+    pub free: u64,
+    /// Largest contiguous free block.
+    pub largest_free: u64,
+    /// Regions allocated.
+    pub regions: u64,
+}
+
+/// `msg_recv`'s result: bits 0..32 the message length, bits 32..48 the
+/// sender's node id (the value stays positive).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecvInfo {
+    /// Bytes of the message (copied up to the buffer's length).
+    pub len: u32,
+    /// Node that sent it.
+    pub sender: u16,
+}
+
+impl RecvInfo {
+    /// The packed return value.
+    pub const fn pack(self) -> u64 {
+        (self.sender as u64) << 32 | self.len as u64
+    }
+
+    /// Unpacks a return value of `msg_recv`.
+    pub const fn unpack(v: u64) -> RecvInfo {
+        RecvInfo {
+            len: v as u32,
+            sender: (v >> 32) as u16,
+        }
+    }
+}
