@@ -14,6 +14,8 @@ use crate::drivers::ivshmem;
 use crate::sync::IrqMutex;
 use crate::time;
 use core::sync::atomic::{AtomicBool, Ordering};
+use shm_ext::lock::Caller;
+use shm_ext::pool::Pools;
 use shm_ext::{
     Doorbell, EventKind, Generation, InitParams, LivenessMonitor, NodeFacts, NodeSet, Region, Shm,
     ShmError,
@@ -33,12 +35,14 @@ pub struct Node {
     monitor: IrqMutex<LivenessMonitor>,
     /// Set by the tick when a heartbeat is refused (we were declared dead).
     lost: AtomicBool,
+    /// The pools on the shared memory, as this node (none if the heap is damaged).
+    pools: IrqMutex<Option<Pools<'static>>>,
 }
 
 static NODE: spin::Once<Node> = spin::Once::new();
 
 /// Rings doorbells through the ivshmem device's Doorbell register.
-struct IvshmemDoorbell;
+pub struct IvshmemDoorbell;
 
 impl Doorbell for IvshmemDoorbell {
     fn ring(&self, peer: u16, vector: u16) {
@@ -112,8 +116,15 @@ pub fn join(id: u16) -> Result<&'static Node, JoinError> {
         shm,
         monitor: IrqMutex::new(LivenessMonitor::new(Some(id))),
         lost: AtomicBool::new(false),
+        pools: IrqMutex::new(attach_pools(&shm, id, generation)),
     });
     Ok(node)
+}
+
+fn attach_pools(shm: &Shm<'static>, id: u16, generation: Generation) -> Option<Pools<'static>> {
+    Pools::attach(shm, id, generation)
+        .inspect_err(|e| log::error!("node {id}: pools unusable: {e}"))
+        .ok()
 }
 
 /// Called from the timer interrupt: beats the heart every [`HEARTBEAT_TICKS`].
@@ -153,6 +164,7 @@ impl Node {
                 &facts(ivshmem::device().expect("joined through it")),
             ) {
                 Ok(g) => {
+                    *self.pools.lock() = attach_pools(&self.shm, self.id, g);
                     log::warn!(
                         "node {}: declared dead by the others; rejoined as generation {}",
                         self.id,
@@ -187,11 +199,43 @@ impl Node {
             }
             match e.kind {
                 EventKind::Joined => out.joined.insert(e.node),
-                EventKind::Died { .. } => out.died.insert(e.node),
+                EventKind::Died { .. } => {
+                    self.recover(e.node, e.generation);
+                    out.died.insert(e.node)
+                }
                 EventKind::Left => {}
             }
         }
         out
+    }
+
+    /// Frees what a dead incarnation held: its locks, queue reservations,
+    /// half-done allocations and exclusive regions. Several survivors may do
+    /// this at once; both recoveries are idempotent.
+    fn recover(&self, dead: u16, generation: Generation) {
+        if let Ok(pools) = self.pools()
+            && let Err(e) = pools.recover_node(dead, generation)
+        {
+            log::warn!("node {}: pool recovery for node {dead}: {e}", self.id);
+        }
+        let me = match self.caller(0) {
+            Ok(me) => me,
+            Err(e) => return log::warn!("node {}: cannot recover node {dead}: {e}", self.id),
+        };
+        if let Err(e) = self.shm.recover_ipc(&IvshmemDoorbell, me, dead, generation) {
+            log::warn!("node {}: lock/queue recovery for node {dead}: {e}", self.id);
+        }
+    }
+
+    /// This node's handle on the pools (a copy: the lock is not held while
+    /// a pool operation spins on the shared memory).
+    pub fn pools(&self) -> Result<Pools<'static>, ShmError> {
+        (*self.pools.lock()).ok_or(ShmError::Corrupt { what: "pool area" })
+    }
+
+    /// The lock and message identity of process `pid` on this node.
+    pub fn caller(&self, pid: u64) -> Result<Caller, ShmError> {
+        Caller::new(self.id, self.generation(), (pid & 0xffff) as u16)
     }
 
     /// Rings `vector` on node `node` (interrupt if it has doorbells, else it polls).
