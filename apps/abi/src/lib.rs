@@ -37,7 +37,8 @@
 //! | 22 | `lock_acquire` | ids_ptr, n, timeout_ns | 0 |
 //! | 23 | `lock_release` | ids_ptr, n | 0 |
 //! | 24 | `lock_wait` | id, observed, timeout_ns | the lock word once it differs from `observed` |
-//! | 25 | `lock_map` | - | user address of the lock table (read-only fast path) |
+//! | 25 | `lock_map` | out_ptr | writes a [`LockMapping`]: the lock table mapped writable, and the caller's identity, for the fast path |
+//! | 26 | `lock_wake` | ids_ptr, n | wakes the waiters of locks the fast path released |
 //! | 30 | `signal` | node, sig (0..64) | 0 |
 //! | 31 | `signal_all` | sig | number of nodes signalled |
 //! | 32 | `signal_wait` | timeout_ns | pending signal bits (bit N = signal N) |
@@ -123,8 +124,10 @@ pub enum Call {
     LockRelease = 23,
     /// Waits until a lock word changes.
     LockWait = 24,
-    /// Maps the lock table read-only.
+    /// Maps the lock table for the user-space fast path.
     LockMap = 25,
+    /// Wakes the waiters of locks released by the fast path.
+    LockWake = 26,
     /// Raises a signal on one node.
     Signal = 30,
     /// Raises a signal on every live node.
@@ -141,7 +144,7 @@ pub enum Call {
 
 impl Call {
     /// Every call, in number order.
-    pub const ALL: [Call; 31] = [
+    pub const ALL: [Call; 32] = [
         Call::Exit,
         Call::Write,
         Call::Yield,
@@ -167,6 +170,7 @@ impl Call {
         Call::LockRelease,
         Call::LockWait,
         Call::LockMap,
+        Call::LockWake,
         Call::Signal,
         Call::SignalAll,
         Call::SignalWait,
@@ -203,6 +207,7 @@ impl Call {
             23 => Call::LockRelease,
             24 => Call::LockWait,
             25 => Call::LockMap,
+            26 => Call::LockWake,
             30 => Call::Signal,
             31 => Call::SignalAll,
             32 => Call::SignalWait,
@@ -246,6 +251,7 @@ impl Call {
             Call::LockRelease => "lock_release",
             Call::LockWait => "lock_wait",
             Call::LockMap => "lock_map",
+            Call::LockWake => "lock_wake",
             Call::Signal => "signal",
             Call::SignalAll => "signal_all",
             Call::SignalWait => "signal_wait",
@@ -399,6 +405,26 @@ pub const FOREVER: u64 = u64::MAX;
 pub const MAP_WRITABLE: u64 = 1;
 /// Every flag `shm_map` knows; others are `InvalidArgument`.
 pub const MAP_FLAGS: u64 = MAP_WRITABLE;
+
+/// What `lock_map` writes at `out_ptr`: where the lock table is mapped in
+/// the caller, and who the caller is in lock words (node, incarnation,
+/// process), so that uncontended acquire and release need no system call.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LockMapping {
+    /// User address of the lock table.
+    pub addr: u64,
+    /// Its length in bytes.
+    pub len: u64,
+    /// The caller's node id.
+    pub node: u32,
+    /// The node's generation (incarnation).
+    pub generation: u32,
+    /// The caller's process id on its node.
+    pub process: u32,
+    /// Always 0.
+    pub reserved: u32,
+}
 
 /// What `pool_stat` writes at `out_ptr`.
 #[repr(C)]

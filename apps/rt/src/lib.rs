@@ -21,6 +21,7 @@
 //! ```
 #![no_std]
 
+pub mod lock;
 pub mod print;
 pub mod raw;
 pub mod sys;

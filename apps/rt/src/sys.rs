@@ -177,9 +177,20 @@ pub fn lock_wait(id: u32, observed: u64, timeout_ns: u64) -> Result<u64, Error> 
     call(Call::LockWait, [id as u64, observed, timeout_ns, 0, 0, 0])
 }
 
-/// Maps the lock table read-only; returns its address.
-pub fn lock_map() -> Result<*const u64, Error> {
-    call0(Call::LockMap).map(|a| a as *const u64)
+/// Maps the lock table for the fast path; says where, and who we are.
+pub fn lock_map() -> Result<shmos_abi::LockMapping, Error> {
+    let mut out = shmos_abi::LockMapping::default();
+    let ptr = &mut out as *mut shmos_abi::LockMapping as u64;
+    call(Call::LockMap, [ptr, 0, 0, 0, 0, 0])?;
+    Ok(out)
+}
+
+/// Wakes the waiters of locks the fast path released.
+pub fn lock_wake(ids: &[u32]) -> Result<(), Error> {
+    unit(call(
+        Call::LockWake,
+        [ids.as_ptr() as u64, ids.len() as u64, 0, 0, 0, 0],
+    ))
 }
 
 /// Raises signal `sig` on node `node`.

@@ -108,6 +108,7 @@ pub fn handle(call: Call, a: &Args) -> SysResult {
         Call::LockRelease => shm::lock_release(a),
         Call::LockWait => shm::lock_wait(a),
         Call::LockMap => shm::lock_map(a),
+        Call::LockWake => shm::lock_wake(a),
         Call::Signal => shm::signal(a),
         Call::SignalAll => shm::signal_all(a),
         Call::SignalWait => shm::signal_wait(a),

@@ -20,7 +20,8 @@ use shm_ext::lock::{Caller, LockWait, TryLock};
 use shm_ext::platform::vector;
 use shm_ext::pool::{PoolId, RegionHandle};
 use shmos_abi::{
-    Error, MAP_FLAGS, MAP_WRITABLE, MAX_LOCKS, MAX_MESSAGE, MAX_NAME, PoolStat, RecvInfo, SIGNALS,
+    Error, LockMapping, MAP_FLAGS, MAP_WRITABLE, MAX_LOCKS, MAX_MESSAGE, MAX_NAME, PoolStat, RecvInfo,
+    SIGNALS,
 };
 
 /// What a process holds in the extension layer, released when it ends.
@@ -243,11 +244,38 @@ pub fn lock_wait(a: &Args) -> SysResult {
     Ok(0)
 }
 
-/// `lock_map()` -> user address of the lock table (for the fast path).
-pub fn lock_map(_: &Args) -> SysResult {
-    let area = node()?.shm().superblock().layout.lock_table;
+/// `lock_map(out_ptr)`: maps the lock table writable into the caller and
+/// writes a `LockMapping` (where, and the caller's identity in lock words),
+/// so that uncontended acquire and release are one CAS in user space.
+pub fn lock_map(a: &Args) -> SysResult {
+    let out = a.get(0);
+    user::check(out, size_of::<LockMapping>(), true)?;
+    let node = node()?;
+    let caller = me(node)?;
+    let area = node.shm().superblock().layout.lock_table;
     task::current().shm.lock().used_locks = true;
-    map_device(area.offset, area.len, true)
+    let addr = map_device(area.offset, area.len, true)?;
+    let mapping = LockMapping {
+        addr,
+        len: area.len,
+        node: caller.node().into(),
+        generation: caller.generation().0,
+        process: caller.process().into(),
+        reserved: 0,
+    };
+    user::write_value(out, &mapping)?;
+    Ok(0)
+}
+
+/// `lock_wake(ids_ptr, n)`: rings the nodes waiting on locks that the user
+/// fast path released (the one part of a release that needs the kernel).
+pub fn lock_wake(a: &Args) -> SysResult {
+    let ids = lock_ids(a.get(0), a.count(1)?)?;
+    let node = node()?;
+    for id in ids {
+        node.shm().lock_wake(&IvshmemDoorbell, id).map_err(shm_error)?;
+    }
+    Ok(0)
 }
 
 fn sig(raw: u64) -> Result<u8, Error> {

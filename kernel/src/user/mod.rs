@@ -41,6 +41,8 @@ unsafe impl Pod for i32 {}
 unsafe impl Pod for i64 {}
 // SAFETY: four u64 fields, repr(C): no padding, any bits valid.
 unsafe impl Pod for shmos_abi::PoolStat {}
+// SAFETY: `#[repr(C)]` of u64 and u32 fields with no padding; any bytes are a valid value.
+unsafe impl Pod for shmos_abi::LockMapping {}
 
 /// Checks that the caller may access `[addr, addr+len)` (for writing if
 /// `write`): `BadAddress` otherwise. An empty range always passes.
