@@ -54,6 +54,11 @@
 //!   records, and if the tail moved rings `MESSAGE` on the space waiters.
 //!   Other ports' messages stay where they are (a port nobody reads fills
 //!   the queue, which then refuses further messages: back-pressure).
+//! - Tail by a sender: one that needs room while the oldest records are
+//!   done (padding, abandoned) moves the tail past them itself, under the
+//!   receive lock if it is free; never when the oldest record is a
+//!   message, so senders waiting at a full queue leave the receiver's lock
+//!   alone. A receiver arriving in that moment gets `Busy`, to retry.
 //! - Order: one sender's messages to one destination are reserved in send
 //!   order and a receiver takes the oldest committed one first, so each
 //!   (sender, port) stream arrives in order, without loss or duplicates.
@@ -326,14 +331,26 @@ impl<'a> Queue<'a> {
         Ok(())
     }
 
-    /// Moves the tail over the leading done records (receive lock held, or
-    /// taken here with `tag` if free); true if it moved.
-    fn advance_tail(&self, locked: bool, tag: u64) -> Result<bool, ShmError> {
+    /// Moves the tail over the leading done records (padding, abandoned
+    /// records) for a sender that needs their room (reserve lock held);
+    /// true if it moved.
+    ///
+    /// The tail belongs to the receive lock, which this takes with `tag`
+    /// only if the oldest record is done and the lock is free (a receiver
+    /// at work moves the tail itself). The oldest record is looked at
+    /// before locking, which is sound because under the reserve lock nobody
+    /// rewrites it. Taking the lock on every try at a queue full of
+    /// messages, with nothing to pass, turned the receiver away (`Busy`)
+    /// whenever a sender was descheduled holding it.
+    fn advance_tail(&self, tag: u64) -> Result<bool, ShmError> {
+        let (tail, head) = self.positions()?;
+        if tail == head || self.record(tail, head)?.state != DONE {
+            return Ok(false);
+        }
         let lock = self.word(queue::RECEIVE_LOCK)?;
-        if !locked
-            && lock
-                .compare_exchange(0, tag, Ordering::Acquire, Ordering::Relaxed)
-                .is_err()
+        if lock
+            .compare_exchange(0, tag, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
         {
             // The receiver is at work and moves the tail itself.
             return Ok(false);
@@ -353,9 +370,7 @@ impl<'a> Queue<'a> {
             }
             Ok(p != tail)
         })();
-        if !locked {
-            unlock(lock, tag);
-        }
+        unlock(lock, tag);
         result
     }
 
@@ -398,7 +413,7 @@ impl<'a> Queue<'a> {
                 head_word.store(head + pad, Ordering::Release);
                 progress = true;
             }
-            progress |= self.advance_tail(false, sender.tag())?;
+            progress |= self.advance_tail(sender.tag())?;
             if !progress {
                 return Err(ShmError::QueueFull);
             }
@@ -620,7 +635,8 @@ impl<'a> Shm<'a> {
     ///
     /// `NoMessage` if none is there; `TooLarge` (message kept) if `buf` is
     /// shorter than it (see [`Shm::msg_peek`]); `Busy` if another receiver
-    /// of the node holds the queue.
+    /// of the node holds the queue, or for a moment a sender moving its
+    /// tail past padding for room: try again (nothing is lost).
     pub fn msg_recv(
         &self,
         doorbell: &impl Doorbell,

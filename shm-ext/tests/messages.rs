@@ -428,3 +428,105 @@ fn default_parameters_give_8k_messages() {
     assert_eq!(shm.msg_max_len(31).unwrap(), 8192 - 128 - 32);
     assert_eq!(shm.msg_max_len(32), Err(ShmError::NoSuchNode));
 }
+
+/// The receive lock of node `n`'s queue.
+fn receive_lock<'a>(shm: &Shm<'a>, n: u16) -> &'a std::sync::atomic::AtomicU64 {
+    shm.region()
+        .atomic_u64(queue_base(shm, n) + queue::RECEIVE_LOCK)
+        .unwrap()
+}
+
+/// Regression (multi-process test hanging): four senders retrying at a
+/// full queue each took the receiver's receive lock on every try, to move
+/// the tail, although the oldest record was a committed message the tail
+/// cannot pass; one descheduled while holding it made the receiver's
+/// `msg_recv` give up with `Busy`. A sender at a full queue behind a
+/// message must leave that lock alone: a thread watching the lock word
+/// never sees it taken.
+#[test]
+fn senders_at_a_full_queue_behind_a_message_leave_the_receive_lock_alone() {
+    let mem = HeapRegion::new(SIZE);
+    let shm = attach(mem.region(), &small());
+    let a = join(&shm, 0);
+    let _b = join(&shm, 1);
+    let msg = [7u8; 1000];
+    while shm.msg_send(&NoDoorbell, a, 1, 0, &msg).is_ok() {}
+    let lock = receive_lock(&shm, 1);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let seen = std::thread::scope(|s| {
+        let watcher = s.spawn(|| {
+            let mut seen = 0u64;
+            while !stop.load(Ordering::Relaxed) && seen == 0 {
+                seen = lock.load(Ordering::Relaxed);
+            }
+            seen
+        });
+        for _ in 0..20_000 {
+            assert_eq!(
+                shm.msg_send(&NoDoorbell, a, 1, 0, &msg),
+                Err(ShmError::QueueFull)
+            );
+        }
+        stop.store(true, Ordering::Relaxed);
+        watcher.join().unwrap()
+    });
+    assert_eq!(seen, 0, "a sender took the receive lock for nothing");
+}
+
+/// The one case where a sender does take the receive lock: padding at the
+/// tail with the receiver idle. Constructed step by step: a sender that
+/// holds it (as if descheduled there) makes the receiver `Busy` and keeps
+/// other senders out of the tail, losing nothing; once it is free, a
+/// sender moves the tail past the padding itself.
+#[test]
+fn padding_at_the_tail_is_passed_by_a_sender_and_a_sender_holding_the_lock_loses_nothing() {
+    let mem = HeapRegion::new(SIZE);
+    let shm = attach(mem.region(), &small());
+    let a = join(&shm, 0);
+    let b = join(&shm, 1);
+    let c = join(&shm, 2);
+    let cap = (16 * 1024 - QUEUE_HEADER_LEN) as usize;
+    // 15 records of 1056 bytes, all taken: the queue is empty, 416 bytes
+    // before the end of the ring.
+    for i in 0..15u8 {
+        shm.msg_send(&NoDoorbell, a, 1, 0, &[i; 1000]).unwrap();
+    }
+    for i in 0..15u8 {
+        assert_eq!(recv_vec(&shm, b, 0).unwrap().0, vec![i; 1000]);
+    }
+    assert_eq!(shm.queue_info(1).unwrap().bytes_used, 0);
+    // A big message goes after padding to the end of the ring; the tail
+    // stays on the padding (the receiver is not looking). 1024 bytes are
+    // left after it.
+    let big = vec![9u8; cap - 1056 - 416];
+    shm.msg_send(&NoDoorbell, a, 1, 0, &big).unwrap();
+    assert_eq!(
+        shm.queue_info(1).unwrap().bytes_used,
+        416 + 32 + big.len() as u64
+    );
+    // A 1000-byte message fits only once the tail is past the padding.
+    // A sender in the middle of that holds the receive lock:
+    let lock = receive_lock(&shm, 1);
+    lock.store(a.tag(), Ordering::Relaxed);
+    // the receiver is refused for now, the message stays;
+    assert_eq!(recv_vec(&shm, b, 0).unwrap_err(), ShmError::Busy);
+    assert_eq!(shm.msg_peek(&NoDoorbell, b, 0).unwrap_err(), ShmError::Busy);
+    // another sender leaves the tail to it;
+    assert_eq!(
+        shm.msg_send(&NoDoorbell, c, 1, 1, &[1u8; 1000]),
+        Err(ShmError::QueueFull)
+    );
+    assert_eq!(lock.load(Ordering::Relaxed), a.tag());
+    // once done, a sender passes the padding and gets in.
+    lock.store(0, Ordering::Relaxed);
+    shm.msg_send(&NoDoorbell, c, 1, 1, &[1u8; 1000]).unwrap();
+    assert_eq!(lock.load(Ordering::Relaxed), 0);
+    assert_eq!(shm.queue_info(1).unwrap().depth, 2);
+    assert_eq!(
+        shm.queue_info(1).unwrap().bytes_used,
+        32 + big.len() as u64 + 1056
+    );
+    assert_eq!(recv_vec(&shm, b, 0).unwrap(), (big, a));
+    assert_eq!(recv_vec(&shm, b, 1).unwrap(), (vec![1u8; 1000], c));
+    assert_eq!(shm.queue_info(1).unwrap().bytes_used, 0);
+}

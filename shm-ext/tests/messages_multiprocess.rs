@@ -9,15 +9,16 @@
 
 mod locks_support;
 
+use std::fmt::Write as _;
 use std::path::Path;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use locks_support::{
-    ChildEnv, check_deadline, child_env, facts_for, finish, load, mix, report, spawn, wait_until,
-    word,
+    ChildEnv, child_env, facts_for, finish_all, load, mix, report, spawn, wait_until, word,
 };
 use shm_ext::host::SharedFile;
+use shm_ext::message::{QUEUE_HEADER_LEN, RECORD_HEADER_LEN, queue, record};
 use shm_ext::{Caller, InitParams, NoDoorbell, Shm, ShmError};
 
 const SIZE: usize = 4 << 20;
@@ -29,6 +30,13 @@ const MAX: usize = 64 * 1024;
 
 // Test data words in the heap area.
 const FULL_SEEN: usize = 0;
+/// Word `SENT + s`: messages sender `s` has sent.
+const SENT: usize = 1;
+/// Word `TAKEN + s`: messages the receiver has taken from sender `s`.
+const TAKEN: usize = SENT + SENDERS as usize + 1;
+/// A child that waits this long gives up, printing the queue and everyone's
+/// progress, well before the parent's deadline kills it.
+const CHILD_DEADLINE: Duration = Duration::from_secs(60);
 
 fn params() -> InitParams {
     // 160 KiB per queue: two 64 KiB messages fill it.
@@ -74,6 +82,90 @@ fn body(s: u16, q: u32) -> Vec<u8> {
     v
 }
 
+/// A tag as a caller, for reports.
+fn who(tag: u64) -> String {
+    match (tag, Caller::from_tag(tag)) {
+        (0, _) => "free".into(),
+        (_, Some(c)) => format!("{c}"),
+        (t, None) => format!("{t:#x}"),
+    }
+}
+
+/// The receiver's queue as read raw (header words, the records from the
+/// tail) and every sender's progress: what a stuck child prints.
+fn dump(shm: &Shm<'_>, what: &str) -> String {
+    let mut s = format!("{what}\n");
+    let _ = writeln!(s, "queue_info: {:?}", shm.queue_info(RECEIVER));
+    let area = shm.superblock().layout.queue_area;
+    let per = area.len / u64::from(shm.max_nodes()) / 64 * 64;
+    let cap = (per - QUEUE_HEADER_LEN) / RECORD_HEADER_LEN * RECORD_HEADER_LEN;
+    let base = (area.offset + u64::from(RECEIVER) * per) as usize;
+    let region = shm.region();
+    let w = |off: usize| {
+        region
+            .atomic_u64(off)
+            .map_or(u64::MAX, |a| a.load(Ordering::Acquire))
+    };
+    let (head, tail) = (w(base + queue::HEAD), w(base + queue::TAIL));
+    let _ = writeln!(
+        s,
+        "tail={tail} head={head} used={} cap={cap} reserve_lock={} receive_lock={} space_waiters={:#x}",
+        head.wrapping_sub(tail),
+        who(w(base + queue::RESERVE_LOCK)),
+        who(w(base + queue::RECEIVE_LOCK)),
+        w(base + queue::SPACE_WAITERS),
+    );
+    let mut p = tail;
+    for _ in 0..12 {
+        if p >= head {
+            break;
+        }
+        let at = base + (QUEUE_HEADER_LEN + p % cap) as usize;
+        let mut h = [0u8; RECORD_HEADER_LEN as usize];
+        if region.read_bytes(at, &mut h).is_err() {
+            break;
+        }
+        let u32_at = |o: usize| u32::from_le_bytes(h[o..o + 4].try_into().unwrap());
+        let ctl = u64::from_le_bytes(h[record::CONTROL..][..8].try_into().unwrap());
+        let span = u64::from(u32_at(record::SPAN));
+        let _ = writeln!(
+            s,
+            "  record {p}: ctl pos={} state={} port={:#x} len={} sender={} span={span} gen={}",
+            (ctl >> 8) * RECORD_HEADER_LEN,
+            ctl & 0xff,
+            u32_at(record::PORT),
+            u32_at(record::LEN),
+            who(u64::from_le_bytes(
+                h[record::SENDER..][..8].try_into().unwrap()
+            )),
+            u32_at(record::DEST_GEN),
+        );
+        if span == 0 || span % RECORD_HEADER_LEN != 0 {
+            break;
+        }
+        p += span;
+    }
+    for n in 1..=SENDERS as usize {
+        let _ = writeln!(
+            s,
+            "  sender {n}: sent {} taken {}",
+            load(word(shm, SENT + n)),
+            load(word(shm, TAKEN + n))
+        );
+    }
+    s
+}
+
+/// Fails a stuck child, with the queue and everyone's progress.
+fn check(shm: &Shm<'_>, start: Instant, what: &str) {
+    if start.elapsed() >= CHILD_DEADLINE {
+        panic!(
+            "{}",
+            dump(shm, &format!("stuck for {CHILD_DEADLINE:?}: {what}"))
+        );
+    }
+}
+
 fn open(env: &ChildEnv) -> SharedFile {
     SharedFile::open(Path::new(&env.file)).unwrap()
 }
@@ -103,12 +195,13 @@ fn child_sender(env: &ChildEnv) {
                     word(&shm, FULL_SEEN).store(1, Ordering::Release);
                 }
                 Err(ShmError::Busy) => busy += 1,
-                Err(e) => panic!("send {q}: {e}"),
+                Err(e) => panic!("send {q}: {e}\n{}", dump(&shm, "send failed")),
             }
             // The kernel would sleep until a MESSAGE doorbell here.
-            check_deadline(start, "send");
+            check(&shm, start, &format!("sender {} at message {q}", env.id));
             std::thread::yield_now();
         }
+        word(&shm, SENT + usize::from(env.id)).store(u64::from(q) + 1, Ordering::Release);
     }
     println!("SEND node={} sent={N} fulls={fulls} busy={busy}", env.id);
 }
@@ -121,22 +214,31 @@ fn child_receiver(env: &ChildEnv) {
     let me = Caller::new(env.id, g, 1).unwrap();
     wait_for_peers(&shm, start);
     wait_until(start, "queue full", || load(word(&shm, FULL_SEEN)) == 1);
-    assert!(shm.queue_info(RECEIVER).unwrap().bytes_used > 96 * 1024);
+    // Refused room for at most a 64 KiB record, and nothing taken since.
+    let info = shm.queue_info(RECEIVER).unwrap();
+    assert!(
+        info.bytes_used + RECORD_HEADER_LEN + MAX as u64 > info.capacity,
+        "{info:?}"
+    );
 
     let mut next = [0u32; SENDERS as usize + 1];
     let mut buf = vec![0u8; MAX];
     let mut bytes = 0u64;
+    let mut busy = 0u64;
     let mut port = 0;
     while (1..=SENDERS).any(|s| next[usize::from(s)] < N) {
         port ^= 1;
         let r = match shm.msg_recv(&NoDoorbell, me, port, &mut buf) {
             Ok(r) => r,
-            Err(ShmError::NoMessage) => {
-                check_deadline(start, "receive");
+            // Busy: a sender is moving the tail past padding; the kernel
+            // retries at the next doorbell or tick.
+            Err(e @ (ShmError::NoMessage | ShmError::Busy)) => {
+                busy += u64::from(e == ShmError::Busy);
+                check(&shm, start, &format!("receiver expecting {next:?}"));
                 std::thread::yield_now();
                 continue;
             }
-            Err(e) => panic!("recv: {e}"),
+            Err(e) => panic!("recv: {e}\n{}", dump(&shm, "receive failed")),
         };
         let s = r.from.node();
         assert!((1..=SENDERS).contains(&s), "from {}", r.from);
@@ -157,6 +259,8 @@ fn child_receiver(env: &ChildEnv) {
         }
         assert!(got == body(s, q).as_slice(), "bytes of {s}:{q}");
         next[usize::from(s)] += 1;
+        word(&shm, TAKEN + usize::from(s))
+            .store(u64::from(next[usize::from(s)]), Ordering::Release);
         bytes += r.len as u64;
     }
     // Nothing extra: every sender is done (its last message arrived).
@@ -170,7 +274,7 @@ fn child_receiver(env: &ChildEnv) {
     let info = shm.queue_info(RECEIVER).unwrap();
     assert_eq!((info.depth, info.bytes_used), (0, 0));
     println!(
-        "RECV node={} messages={} bytes={bytes}",
+        "RECV node={} messages={} bytes={bytes} busy={busy}",
         env.id,
         u32::from(SENDERS) * N
     );
@@ -199,17 +303,25 @@ fn senders_fill_one_queue_and_the_receiver_gets_everything_in_order() {
         assert!(shm.msg_max_len(RECEIVER).unwrap() >= MAX);
     }
     let start = Instant::now();
-    let receiver = spawn(&file, "receiver", RECEIVER, "");
-    let senders: Vec<_> = (1..=SENDERS)
-        .map(|s| spawn(&file, "sender", s, ""))
-        .collect();
-    let mut fulls = 0;
-    for s in senders {
-        let out = finish(s, start);
-        assert_eq!(report(&out, "SEND", "sent"), u64::from(N));
-        fulls += report(&out, "SEND", "fulls");
+    let mut children = vec![(
+        "receiver".to_string(),
+        spawn(&file, "receiver", RECEIVER, ""),
+    )];
+    children.extend((1..=SENDERS).map(|s| (format!("sender {s}"), spawn(&file, "sender", s, ""))));
+    // All at once: a receiver that fails must be what is reported, not a
+    // sender killed at the deadline while waiting for it.
+    let mut outs = finish_all(children, start);
+    for line in outs.iter().flat_map(|o| o.lines()) {
+        if line.contains("SEND ") || line.contains("RECV ") {
+            println!("{line}");
+        }
     }
-    let out = finish(receiver, start);
+    let out = outs.remove(0);
+    let mut fulls = 0;
+    for s in &outs {
+        assert_eq!(report(s, "SEND", "sent"), u64::from(N));
+        fulls += report(s, "SEND", "fulls");
+    }
     assert_eq!(
         report(&out, "RECV", "messages"),
         u64::from(SENDERS) * u64::from(N)

@@ -7,7 +7,7 @@
 
 use std::cell::RefCell;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -140,6 +140,60 @@ pub fn finish(mut child: Child, start: Instant) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     stdout
+}
+
+/// Waits for all `children` (each with a name for reports) and returns their
+/// stdouts in the same order. As soon as one fails, the others are killed
+/// and the test fails with the first failure's output (a peer left waiting
+/// for it would otherwise be what is reported, as a SIGKILL at the
+/// deadline); at the deadline, every child still running is killed.
+pub fn finish_all(children: Vec<(String, Child)>, start: Instant) -> Vec<String> {
+    let mut status: Vec<Option<ExitStatus>> = children.iter().map(|_| None).collect();
+    let mut children = children;
+    let mut first_failure = None;
+    loop {
+        for (i, (_, c)) in children.iter_mut().enumerate() {
+            if status[i].is_none()
+                && let Some(st) = c.try_wait().unwrap()
+            {
+                status[i] = Some(st);
+                if !st.success() && first_failure.is_none() {
+                    first_failure = Some(i);
+                }
+            }
+        }
+        let all_done = status.iter().all(Option::is_some);
+        if all_done || first_failure.is_some() || start.elapsed() > DEADLINE {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    for (i, (_, c)) in children.iter_mut().enumerate() {
+        if status[i].is_none() {
+            let _ = c.kill();
+        }
+    }
+    let mut outs = Vec::new();
+    let mut report_text = String::new();
+    for (i, (name, c)) in children.into_iter().enumerate() {
+        let out = c.wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        if !out.status.success() {
+            let note = match (first_failure, status[i]) {
+                (Some(f), _) if f == i => " (first to fail)",
+                (_, None) => " (killed by the harness)",
+                _ => "",
+            };
+            report_text.push_str(&format!(
+                "--- {name}: {}{note}\n{stdout}\n{stderr}\n",
+                out.status
+            ));
+        }
+        outs.push(stdout);
+    }
+    assert!(report_text.is_empty(), "child failed:\n{report_text}");
+    outs
 }
 
 /// The value of `key=` on the line starting with `prefix` in a child's output.
