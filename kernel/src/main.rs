@@ -78,10 +78,24 @@ fn run_node(args: &cmdline::Args) -> bool {
     }
     syscall::basic::set_node(args.node, node);
     if let (Some(node), Some(n)) = (node, args.cluster_wait_live) {
-        // Apps that talk to other nodes expect them to be there.
+        // Apps that talk to other nodes expect them to be there. Seeing n
+        // live is not enough: a node whose app ends at once could leave
+        // before a slower one saw it, so each node also says it is ready and
+        // apps start when n nodes have.
         let _ = task::wait_event(task::Events::TICK, None, || {
             node.poll();
             node.live().len() >= n as usize
+        });
+        const READY: u32 = 1;
+        if let Err(e) = node.shm().set_progress(node.id, node.generation(), READY) {
+            kprintln!("node {}: FAILED: cannot publish readiness: {e}", node.id);
+            return false;
+        }
+        let _ = task::wait_event(task::Events::TICK, None, || {
+            node.poll();
+            let ready = (0..node.shm().max_nodes())
+                .filter(|&i| node.shm().progress(i).unwrap_or(0) >= READY);
+            ready.count() >= n as usize
         });
     }
     let ok = apps::run(args, node);

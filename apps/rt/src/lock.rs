@@ -52,9 +52,16 @@ impl Locks {
     /// Takes every lock in `ids` (ascending order, all or none, so several
     /// at once cannot deadlock); sleeps in the kernel only while one is busy.
     pub fn acquire(&self, ids: &[u32], timeout_ns: u64) -> Result<(), Error> {
-        let start = if timeout_ns == FOREVER { 0 } else { sys::clock_ns()? };
+        let start = if timeout_ns == FOREVER {
+            0
+        } else {
+            sys::clock_ns()?
+        };
         loop {
-            let (outcome, wake) = self.table.try_acquire_many_fast(ids, self.caller).map_err(error)?;
+            let (outcome, wake) = self
+                .table
+                .try_acquire_many_fast(ids, self.caller)
+                .map_err(error)?;
             if !wake.as_slice().is_empty() {
                 // Locks taken and given back while backing off had waiters.
                 sys::lock_wake(wake.as_slice())?;
@@ -79,7 +86,10 @@ impl Locks {
 
     /// Releases every lock in `ids`; wakes waiters (the only system call).
     pub fn release(&self, ids: &[u32]) -> Result<(), Error> {
-        let wake = self.table.release_many_fast(ids, self.caller).map_err(error)?;
+        let wake = self
+            .table
+            .release_many_fast(ids, self.caller)
+            .map_err(error)?;
         if !wake.as_slice().is_empty() {
             sys::lock_wake(wake.as_slice())?;
         }

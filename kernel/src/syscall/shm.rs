@@ -20,8 +20,8 @@ use shm_ext::lock::{Caller, LockWait, TryLock};
 use shm_ext::platform::vector;
 use shm_ext::pool::{PoolId, RegionHandle};
 use shmos_abi::{
-    Error, LockMapping, MAP_FLAGS, MAP_WRITABLE, MAX_LOCKS, MAX_MESSAGE, MAX_NAME, PoolStat, RecvInfo,
-    SIGNALS,
+    Error, LockMapping, MAP_FLAGS, MAP_WRITABLE, MAX_LOCKS, MAX_MESSAGE, MAX_NAME, PoolStat,
+    RecvInfo, SIGNALS,
 };
 
 /// What a process holds in the extension layer, released when it ends.
@@ -45,7 +45,10 @@ impl ProcessShm {
             && let Ok(freed) = node.shm().lock_release_owner(&IvshmemDoorbell, me)
             && freed > 0
         {
-            crate::kprintln!("node {}: released {freed} lock(s) held by exited pid {pid}", node.id);
+            crate::kprintln!(
+                "node {}: released {freed} lock(s) held by exited pid {pid}",
+                node.id
+            );
         }
     }
 }
@@ -105,7 +108,10 @@ pub fn pool_open(a: &Args) -> SysResult {
 /// `pool_destroy(pool)`.
 pub fn pool_destroy(a: &Args) -> SysResult {
     let pool = pool_id(a.get(0))?;
-    node()?.pools().and_then(|p| p.pool_destroy(pool)).map_err(shm_error)?;
+    node()?
+        .pools()
+        .and_then(|p| p.pool_destroy(pool))
+        .map_err(shm_error)?;
     Ok(0)
 }
 
@@ -113,8 +119,16 @@ pub fn pool_destroy(a: &Args) -> SysResult {
 pub fn pool_stat(a: &Args) -> SysResult {
     let pool = pool_id(a.get(0))?;
     user::check(a.get(1), size_of::<PoolStat>(), true)?;
-    let s = node()?.pools().and_then(|p| p.pool_stat(pool)).map_err(shm_error)?;
-    let out = PoolStat { size: s.size, free: s.free, largest_free: s.largest_free, regions: s.regions as u64 };
+    let s = node()?
+        .pools()
+        .and_then(|p| p.pool_stat(pool))
+        .map_err(shm_error)?;
+    let out = PoolStat {
+        size: s.size,
+        free: s.free,
+        largest_free: s.largest_free,
+        regions: s.regions as u64,
+    };
     user::write_value(a.get(1), &out)?;
     Ok(0)
 }
@@ -123,12 +137,18 @@ pub fn pool_stat(a: &Args) -> SysResult {
 pub fn shm_alloc(a: &Args) -> SysResult {
     let pool = pool_id(a.get(0))?;
     let pools = node()?.pools().map_err(shm_error)?;
-    Ok(pools.shm_alloc(pool, a.get(1), a.get(2)).map_err(shm_error)?.0)
+    Ok(pools
+        .shm_alloc(pool, a.get(1), a.get(2))
+        .map_err(shm_error)?
+        .0)
 }
 
 /// `shm_free(handle)`.
 pub fn shm_free(a: &Args) -> SysResult {
-    node()?.pools().and_then(|p| p.shm_free(RegionHandle(a.get(0)))).map_err(shm_error)?;
+    node()?
+        .pools()
+        .and_then(|p| p.shm_free(RegionHandle(a.get(0))))
+        .map_err(shm_error)?;
     Ok(0)
 }
 
@@ -141,7 +161,9 @@ pub fn shm_map(a: &Args) -> SysResult {
     let writable = flags & MAP_WRITABLE != 0;
     let node = node()?;
     let pools = node.pools().map_err(shm_error)?;
-    pools.may_map(handle, node.id, writable).map_err(shm_error)?;
+    pools
+        .may_map(handle, node.id, writable)
+        .map_err(shm_error)?;
     let info = pools.region_info(handle).map_err(shm_error)?;
     map_device(info.offset, info.len, writable)
 }
@@ -158,7 +180,9 @@ pub fn shm_unmap(a: &Args) -> SysResult {
 pub fn shm_own(a: &Args) -> SysResult {
     let node = node()?;
     let pools = node.pools().map_err(shm_error)?;
-    pools.shm_own(RegionHandle(a.get(0)), node.id, a.get(1)).map_err(shm_error)?;
+    pools
+        .shm_own(RegionHandle(a.get(0)), node.id, a.get(1))
+        .map_err(shm_error)?;
     Ok(0)
 }
 
@@ -166,7 +190,9 @@ pub fn shm_own(a: &Args) -> SysResult {
 pub fn shm_transfer(a: &Args) -> SysResult {
     let node = node()?;
     let pools = node.pools().map_err(shm_error)?;
-    pools.shm_transfer(RegionHandle(a.get(0)), node.id, a.get(1), a.get(2)).map_err(shm_error)?;
+    pools
+        .shm_transfer(RegionHandle(a.get(0)), node.id, a.get(1), a.get(2))
+        .map_err(shm_error)?;
     Ok(0)
 }
 
@@ -179,7 +205,9 @@ pub fn lock_reserve(a: &Args) -> SysResult {
     user::check(a.get(1), n * 4, true)?;
     let node = node()?;
     let mut ids = vec![0u32; n];
-    node.shm().lock_reserve(me(node)?, &mut ids).map_err(shm_error)?;
+    node.shm()
+        .lock_reserve(me(node)?, &mut ids)
+        .map_err(shm_error)?;
     let bytes: Vec<u8> = ids.iter().flat_map(|id| id.to_le_bytes()).collect();
     user::write_bytes(a.get(1), &bytes)?;
     Ok(n as u64)
@@ -189,7 +217,9 @@ pub fn lock_reserve(a: &Args) -> SysResult {
 pub fn lock_unreserve(a: &Args) -> SysResult {
     let ids = lock_ids(a.get(0), a.count(1)?)?;
     let node = node()?;
-    node.shm().lock_unreserve(&IvshmemDoorbell, me(node)?, &ids).map_err(shm_error)?;
+    node.shm()
+        .lock_unreserve(&IvshmemDoorbell, me(node)?, &ids)
+        .map_err(shm_error)?;
     Ok(0)
 }
 
@@ -205,7 +235,10 @@ pub fn lock_acquire(a: &Args) -> SysResult {
     task::wait_event(Events::doorbell_or_tick(vector::LOCK), deadline, || {
         let now = crate::time::now_ns();
         let until = deadline.unwrap_or(u64::MAX);
-        match node.shm().lock_try_acquire(&IvshmemDoorbell, caller, &ids, now, until) {
+        match node
+            .shm()
+            .lock_try_acquire(&IvshmemDoorbell, caller, &ids, now, until)
+        {
             Ok(TryLock::Acquired) => true,
             Ok(_) | Err(ShmError::Busy) => false,
             Err(e) => {
@@ -222,7 +255,9 @@ pub fn lock_acquire(a: &Args) -> SysResult {
 pub fn lock_release(a: &Args) -> SysResult {
     let ids = lock_ids(a.get(0), a.count(1)?)?;
     let node = node()?;
-    node.shm().lock_release(&IvshmemDoorbell, me(node)?, &ids).map_err(shm_error)?;
+    node.shm()
+        .lock_release(&IvshmemDoorbell, me(node)?, &ids)
+        .map_err(shm_error)?;
     Ok(0)
 }
 
@@ -233,7 +268,12 @@ pub fn lock_wait(a: &Args) -> SysResult {
     let id = u32::try_from(a.get(0)).map_err(|_| Error::NotFound)?;
     let node = node()?;
     task::current().shm.lock().used_locks = true;
-    if node.shm().lock_wait(node.id, id, a.get(1)).map_err(shm_error)? == LockWait::Sleep {
+    if node
+        .shm()
+        .lock_wait(node.id, id, a.get(1))
+        .map_err(shm_error)?
+        == LockWait::Sleep
+    {
         let deadline = task::deadline_after(a.get(2));
         let mut first = true;
         // One wake-up (doorbell, tick on plain, or deadline) is enough.
@@ -273,7 +313,9 @@ pub fn lock_wake(a: &Args) -> SysResult {
     let ids = lock_ids(a.get(0), a.count(1)?)?;
     let node = node()?;
     for id in ids {
-        node.shm().lock_wake(&IvshmemDoorbell, id).map_err(shm_error)?;
+        node.shm()
+            .lock_wake(&IvshmemDoorbell, id)
+            .map_err(shm_error)?;
     }
     Ok(0)
 }
@@ -290,14 +332,21 @@ fn sig(raw: u64) -> Result<u8, Error> {
 /// `signal(node, sig)`.
 pub fn signal(a: &Args) -> SysResult {
     let (to, s) = (a.node(0)?, sig(a.get(1))?);
-    node()?.shm().signal(&IvshmemDoorbell, to, s).map_err(shm_error)?;
+    node()?
+        .shm()
+        .signal(&IvshmemDoorbell, to, s)
+        .map_err(shm_error)?;
     Ok(0)
 }
 
 /// `signal_all(sig)` -> nodes signalled.
 pub fn signal_all(a: &Args) -> SysResult {
     let s = sig(a.get(0))?;
-    Ok(node()?.shm().signal_all(&IvshmemDoorbell, s).map_err(shm_error)?.0)
+    Ok(node()?
+        .shm()
+        .signal_all(&IvshmemDoorbell, s)
+        .map_err(shm_error)?
+        .0)
 }
 
 /// `signal_wait(timeout_ns)` -> pending signal bits.
@@ -330,7 +379,9 @@ pub fn msg_send(a: &Args) -> SysResult {
     let (to, port) = (a.node(0)?, port(a.get(1))?);
     let bytes = message(a.get(2), a.count(3)?)?;
     let node = node()?;
-    node.shm().msg_send(&IvshmemDoorbell, me(node)?, to, port, &bytes).map_err(shm_error)?;
+    node.shm()
+        .msg_send(&IvshmemDoorbell, me(node)?, to, port, &bytes)
+        .map_err(shm_error)?;
     Ok(0)
 }
 
@@ -339,7 +390,9 @@ pub fn msg_send_all(a: &Args) -> SysResult {
     let port = port(a.get(0))?;
     let bytes = message(a.get(1), a.count(2)?)?;
     let node = node()?;
-    let sent = node.shm().msg_send_all(&IvshmemDoorbell, me(node)?, port, &bytes);
+    let sent = node
+        .shm()
+        .msg_send_all(&IvshmemDoorbell, me(node)?, port, &bytes);
     Ok(sent.map_err(shm_error)?.0)
 }
 
@@ -353,8 +406,13 @@ pub fn msg_recv(a: &Args) -> SysResult {
     let deadline = task::deadline_after(a.get(3));
     let mut data = vec![0u8; MAX_MESSAGE];
     let mut got = Err(Error::WouldBlock);
-    task::wait_event(Events::doorbell_or_tick(vector::MESSAGE), deadline, || {
-        match node.shm().msg_recv(&IvshmemDoorbell, caller, port, &mut data) {
+    task::wait_event(
+        Events::doorbell_or_tick(vector::MESSAGE),
+        deadline,
+        || match node
+            .shm()
+            .msg_recv(&IvshmemDoorbell, caller, port, &mut data)
+        {
             Ok(r) => {
                 got = Ok(r);
                 true
@@ -364,12 +422,16 @@ pub fn msg_recv(a: &Args) -> SysResult {
                 got = Err(shm_error(e));
                 true
             }
-        }
-    })
+        },
+    )
     .map_err(|task::TimedOut| Error::TimedOut)?;
     let r = got?;
     user::write_bytes(buf, &data[..r.len.min(cap)])?;
-    Ok(RecvInfo { len: r.len as u32, sender: r.from.node() }.pack())
+    Ok(RecvInfo {
+        len: r.len as u32,
+        sender: r.from.node(),
+    }
+    .pack())
 }
 
 /// The ABI error for an extension-layer error.
@@ -397,4 +459,3 @@ pub fn shm_error(e: ShmError) -> Error {
         _ => Error::Corrupt,
     }
 }
-
