@@ -434,8 +434,21 @@ pub fn msg_recv(a: &Args) -> SysResult {
     .pack())
 }
 
-/// The ABI error for an extension-layer error.
+/// Damage reports printed so far (bounded: a storm of calls on one damaged
+/// object must not flood the console).
+static DAMAGE_REPORTS: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(0);
+const MAX_DAMAGE_REPORTS: u32 = 8;
+
+/// The ABI error for an extension-layer error. Damage found in the shared
+/// memory is also reported on the console (the first few times).
 pub fn shm_error(e: ShmError) -> Error {
+    if matches!(
+        e,
+        ShmError::Corrupt { .. } | ShmError::OutOfBounds | ShmError::Misaligned
+    ) && DAMAGE_REPORTS.fetch_add(1, core::sync::atomic::Ordering::Relaxed) < MAX_DAMAGE_REPORTS
+    {
+        crate::kprintln!("shared memory damaged: {e}; the object is refused");
+    }
     match e {
         ShmError::InvalidArgument { .. } => Error::InvalidArgument,
         // Offsets come from the shared memory: out of range means damaged.
