@@ -86,7 +86,7 @@ fn run_node(args: &cmdline::Args) -> bool {
             node.poll();
             node.live().len() >= n as usize
         });
-        const READY: u32 = 1;
+        const READY: u32 = cluster::READY_PROGRESS;
         if let Err(e) = node.shm().set_progress(node.id, node.generation(), READY) {
             kprintln!("node {}: FAILED: cannot publish readiness: {e}", node.id);
             return false;

@@ -99,11 +99,35 @@ impl Demo {
         match self.c.wait_for(node, needle, self.fig.step) {
             Ok(line) => line,
             Err(e) => panic!(
-                "{}: node {node}: {e:#}\n--- node {node} serial log ---\n{}",
+                "{}: node {node}: {e:#}\n--- node {node} serial log ---\n{}\n{}",
                 self.name,
-                self.c.tail(node, 80)
+                self.c.tail(node, 80),
+                self.notes()
             ),
         }
+    }
+
+    /// What every node said about the cluster and its clock, and every
+    /// failure: often the cause of another node's failure.
+    fn notes(&self) -> String {
+        let mut out = String::from("--- cluster notes (all nodes) ---");
+        for node in 0..self.nodes {
+            for line in self.c.log(node) {
+                if [
+                    "clock: TSC",
+                    " died ",
+                    "declared dead",
+                    "FAILED",
+                    "CPU exception",
+                ]
+                .iter()
+                .any(|k| line.contains(k))
+                {
+                    out.push_str(&format!("\n[n{node}] {line}"));
+                }
+            }
+        }
+        out
     }
 
     /// Waits for every VM to stop; each node in `ok` must report success.
@@ -116,10 +140,11 @@ impl Demo {
             assert_eq!(
                 exit,
                 Some(VmExit::Exited(EXIT_SUCCESS)),
-                "{}: node {node}: expected the kernel to report success, got {:?}\n--- node {node} serial log ---\n{}",
+                "{}: node {node}: expected the kernel to report success, got {:?}\n--- node {node} serial log ---\n{}\n{}",
                 self.name,
                 exit.map(|e| e.describe()),
-                self.c.tail(node, 80)
+                self.c.tail(node, 80),
+                self.notes()
             );
         }
         for node in 0..self.nodes {

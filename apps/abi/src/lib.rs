@@ -32,18 +32,18 @@
 //! | 17 | `shm_unmap` | addr | 0 |
 //! | 18 | `shm_own` | handle, nodes (bitmap) | 0 |
 //! | 19 | `shm_transfer` | handle, from (bitmap), to (bitmap) | 0 |
-//! | 20 | `lock_reserve` | n (<= [`MAX_LOCKS`]), out_ptr (n x u32) | n |
+//! | 20 | `lock_reserve` | n (<= [`MAX_LOCKS`]), out_ptr (n x u32) | n (`NotFound` when fewer are free; ids belong to the node) |
 //! | 21 | `lock_unreserve` | ids_ptr (u32s), n | 0 |
 //! | 22 | `lock_acquire` | ids_ptr, n, timeout_ns | 0 |
 //! | 23 | `lock_release` | ids_ptr, n | 0 |
 //! | 24 | `lock_wait` | id, observed, timeout_ns | the lock word once it differs from `observed` |
 //! | 25 | `lock_map` | out_ptr | writes a [`LockMapping`]: the lock table mapped writable, and the caller's identity, for the fast path |
 //! | 26 | `lock_wake` | ids_ptr, n | wakes the waiters of locks the fast path released |
-//! | 30 | `signal` | node, sig (0..64) | 0 |
-//! | 31 | `signal_all` | sig | number of nodes signalled |
+//! | 30 | `signal` | node, sig (0..63) | 0 |
+//! | 31 | `signal_all` | sig | the nodes signalled (bitmap) |
 //! | 32 | `signal_wait` | timeout_ns | pending signal bits (bit N = signal N) |
 //! | 33 | `msg_send` | node, port, ptr, len (<= [`MAX_MESSAGE`]) | 0 |
-//! | 34 | `msg_send_all` | port, ptr, len | number of nodes sent to |
+//! | 34 | `msg_send_all` | port, ptr, len | the nodes sent to (bitmap; all or none) |
 //! | 35 | `msg_recv` | port, buf_ptr, buf_len, timeout_ns | [`RecvInfo`] packed: length, sender node |
 //!
 //! Timeouts are in nanoseconds: [`NO_WAIT`] (0) tries once, [`FOREVER`]

@@ -198,7 +198,7 @@ pub fn signal(node: u16, sig: u32) -> Result<(), Error> {
     unit(call(Call::Signal, [node as u64, sig as u64, 0, 0, 0, 0]))
 }
 
-/// Raises signal `sig` on every live node; returns how many.
+/// Raises signal `sig` on every live node; returns the nodes signalled (bitmap).
 pub fn signal_all(sig: u32) -> Result<u64, Error> {
     call(Call::SignalAll, [sig as u64, 0, 0, 0, 0, 0])
 }
@@ -223,7 +223,7 @@ pub fn msg_send(node: u16, port: u32, data: &[u8]) -> Result<(), Error> {
     ))
 }
 
-/// Sends `data` to `port` on every live node; returns how many.
+/// Sends `data` to `port` on every live node; returns the nodes sent to (bitmap).
 pub fn msg_send_all(port: u32, data: &[u8]) -> Result<u64, Error> {
     call(
         Call::MsgSendAll,

@@ -21,6 +21,10 @@ use shm_ext::{
     ShmError,
 };
 
+/// Progress value a node publishes when it is ready to start its apps
+/// (`cluster.wait_live`); app barriers count from above it.
+pub const READY_PROGRESS: u32 = 1;
+
 /// Heartbeat period, in timer ticks (100 ms at 100 Hz).
 const HEARTBEAT_TICKS: u64 = 10;
 /// How long a node waits for another to finish initialising the superblock.

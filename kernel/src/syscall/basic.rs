@@ -103,7 +103,10 @@ pub fn barrier(_: &Args) -> SysResult {
     let Some(node) = cluster() else {
         return Ok(0);
     };
-    let k = BARRIERS.fetch_add(1, Ordering::Relaxed) + 1;
+    // Barrier n publishes READY_PROGRESS + n, so the readiness mark of
+    // cluster.wait_live never passes as an app's first barrier.
+    let k =
+        BARRIERS.fetch_add(1, Ordering::Relaxed) + 1 + u64::from(crate::cluster::READY_PROGRESS);
     let k = u32::try_from(k).map_err(|_| Error::TooLarge)?;
     node.shm()
         .set_progress(node.id, node.generation(), k)

@@ -268,20 +268,28 @@ pub fn lock_wait(a: &Args) -> SysResult {
     let id = u32::try_from(a.get(0)).map_err(|_| Error::NotFound)?;
     let node = node()?;
     task::current().shm.lock().used_locks = true;
-    if node
-        .shm()
-        .lock_wait(node.id, id, a.get(1))
-        .map_err(shm_error)?
-        == LockWait::Sleep
-    {
-        let deadline = task::deadline_after(a.get(2));
-        let mut first = true;
-        // One wake-up (doorbell, tick on plain, or deadline) is enough.
-        let _ = task::wait_event(Events::doorbell_or_tick(vector::LOCK), deadline, || {
-            !core::mem::replace(&mut first, false)
-        });
-    }
-    Ok(0)
+    let deadline = task::deadline_after(a.get(2));
+    let (mut registered, mut failed) = (false, None);
+    // Registering as a waiter happens inside the check, after wait_event has
+    // read the doorbell's sequence: a release between the two then ends the
+    // sleep instead of being lost.
+    let _ = task::wait_event(Events::doorbell_or_tick(vector::LOCK), deadline, || {
+        if registered {
+            return true; // woken once: the caller retries its acquire
+        }
+        match node.shm().lock_wait(node.id, id, a.get(1)) {
+            Ok(LockWait::Sleep) => {
+                registered = true;
+                false
+            }
+            Ok(LockWait::Retry) => true,
+            Err(e) => {
+                failed = Some(shm_error(e));
+                true
+            }
+        }
+    });
+    failed.map_or(Ok(0), Err)
 }
 
 /// `lock_map(out_ptr)`: maps the lock table writable into the caller and
