@@ -99,6 +99,11 @@ fn damaged_shared_memory_is_reported_and_refused_and_no_node_faults() {
             exit.describe()
         );
     }
+    let node1 = c.log(1).join("\n");
+    assert!(
+        node1.contains("free while mapped refused (Busy)"),
+        "node 1 may not free a region it maps:\n{node1}"
+    );
     let node0 = c.log(0).join("\n");
     assert!(
         node0.contains("shared memory damaged"),

@@ -50,6 +50,17 @@ fn main() -> i32 {
                 if let Some(p) = t.note(sys::shm_map(h, true)) {
                     // SAFETY: the kernel mapped 4096 writable bytes at `p` for us.
                     unsafe { p.write_volatile(rounds as u8) };
+                    if rounds == 1 {
+                        // A mapped region must not be freed under its user.
+                        match sys::shm_free(h) {
+                            Err(Error::Busy) => {
+                                println!("victim: node {me}: free while mapped refused (Busy)")
+                            }
+                            other => println!(
+                                "victim: node {me}: FAILED: free while mapped answered {other:?}"
+                            ),
+                        }
+                    }
                     t.note(sys::shm_unmap(p));
                 }
                 t.note(sys::shm_free(h));

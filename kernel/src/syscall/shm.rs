@@ -31,12 +31,33 @@ use shmos_abi::{
 pub struct ProcessShm {
     /// Whether it ever took a global lock.
     used_locks: bool,
+    /// Its region mappings: (user address, region handle).
+    maps: Vec<(u64, u64)>,
+}
+
+/// How many mappings of each region (by handle) processes on this node hold:
+/// `shm_free` of a region mapped here is refused (`Busy`), so that no app is
+/// left writing into memory that another allocation reuses.
+static MAPPED: crate::sync::IrqMutex<alloc::collections::BTreeMap<u64, u32>> =
+    crate::sync::IrqMutex::new(alloc::collections::BTreeMap::new());
+
+fn unmapped(handle: u64) {
+    let mut mapped = MAPPED.lock();
+    if let Some(n) = mapped.get_mut(&handle) {
+        *n -= 1;
+        if *n == 0 {
+            mapped.remove(&handle);
+        }
+    }
 }
 
 impl ProcessShm {
     /// Gives back everything process `pid` holds; runs once, when it exits
     /// or is killed, before its address space is freed.
     pub fn release(&mut self, pid: Pid) {
+        for (_, handle) in self.maps.drain(..) {
+            unmapped(handle);
+        }
         if !self.used_locks {
             return;
         }
@@ -143,11 +164,15 @@ pub fn shm_alloc(a: &Args) -> SysResult {
         .0)
 }
 
-/// `shm_free(handle)`.
+/// `shm_free(handle)`; `Busy` while a process on this node maps it.
 pub fn shm_free(a: &Args) -> SysResult {
+    let handle = a.get(0);
+    if MAPPED.lock().contains_key(&handle) {
+        return Err(Error::Busy);
+    }
     node()?
         .pools()
-        .and_then(|p| p.shm_free(RegionHandle(a.get(0))))
+        .and_then(|p| p.shm_free(RegionHandle(handle)))
         .map_err(shm_error)?;
     Ok(0)
 }
@@ -165,13 +190,24 @@ pub fn shm_map(a: &Args) -> SysResult {
         .may_map(handle, node.id, writable)
         .map_err(shm_error)?;
     let info = pools.region_info(handle).map_err(shm_error)?;
-    map_device(info.offset, info.len, writable)
+    let addr = map_device(info.offset, info.len, writable)?;
+    *MAPPED.lock().entry(handle.0).or_insert(0) += 1;
+    task::current().shm.lock().maps.push((addr, handle.0));
+    Ok(addr)
 }
 
 /// `shm_unmap(addr)`.
 pub fn shm_unmap(a: &Args) -> SysResult {
-    match task::current().with_space(|s| s.unmap_shared(a.get(0))) {
-        Some(Some(_)) => Ok(0),
+    let addr = a.get(0);
+    let me = task::current();
+    match me.with_space(|s| s.unmap_shared(addr)) {
+        Some(Some(_)) => {
+            let mut shm = me.shm.lock();
+            if let Some(i) = shm.maps.iter().position(|&(at, _)| at == addr) {
+                unmapped(shm.maps.swap_remove(i).1);
+            }
+            Ok(0)
+        }
         _ => Err(Error::NotFound),
     }
 }
