@@ -148,7 +148,7 @@ pub fn pool_stat(a: &Args) -> SysResult {
         size: s.size,
         free: s.free,
         largest_free: s.largest_free,
-        regions: s.regions as u64,
+        regions: s.regions,
     };
     user::write_value(a.get(1), &out)?;
     Ok(0)
