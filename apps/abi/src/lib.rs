@@ -36,7 +36,7 @@
 //! | 21 | `lock_unreserve` | ids_ptr (u32s), n | 0 |
 //! | 22 | `lock_acquire` | ids_ptr, n, timeout_ns | 0 |
 //! | 23 | `lock_release` | ids_ptr, n | 0 |
-//! | 24 | `lock_wait` | id, observed, timeout_ns | the lock word once it differs from `observed` |
+//! | 24 | `lock_wait` | id, observed, timeout_ns | 0 once the word no longer reads `observed`, a lock doorbell came, or the deadline passed (then retry the acquire) |
 //! | 25 | `lock_map` | out_ptr | writes a [`LockMapping`]: the lock table mapped writable, and the caller's identity, for the fast path |
 //! | 26 | `lock_wake` | ids_ptr, n | wakes the waiters of locks the fast path released |
 //! | 30 | `signal` | node, sig (0..63) | 0 |

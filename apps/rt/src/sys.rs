@@ -172,7 +172,8 @@ pub fn lock_release(ids: &[u32]) -> Result<(), Error> {
     ))
 }
 
-/// Waits until lock `id`'s word differs from `observed`; returns the new word.
+/// Sleeps while lock `id` still reads `observed` (until a lock doorbell or the
+/// deadline); returns 0, and the caller retries its acquire.
 pub fn lock_wait(id: u32, observed: u64, timeout_ns: u64) -> Result<u64, Error> {
     call(Call::LockWait, [id as u64, observed, timeout_ns, 0, 0, 0])
 }

@@ -4,6 +4,8 @@
 //! named error (`Corrupt` for the damaged objects), never a fault.
 #![no_std]
 #![no_main]
+// Every unsafe block says why it holds (checked by clippy).
+#![warn(clippy::undocumented_unsafe_blocks)]
 
 use shmos_rt::abi::{Error, NO_WAIT};
 use shmos_rt::{println, sys};
