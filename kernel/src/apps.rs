@@ -82,8 +82,9 @@ pub fn run(args: &Args, node: Option<&'static Node>) -> bool {
         match task::spawn_user(app.name, &app_args, app.elf) {
             Ok(pid) => {
                 kprintln!(
-                    "node {id}: started app {} (pid {pid}) args \"{app_args}\"",
-                    app.name
+                    "node {id}: started app {} (pid {pid}) args \"{app_args}\", {} us after kernel entry",
+                    app.name,
+                    crate::time::since_entry_us()
                 );
                 pids.push((pid, app.name));
             }

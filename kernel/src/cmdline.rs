@@ -8,6 +8,8 @@
 //! `cluster.ring=NODE:VECTOR`, `cluster.expect_ring=VECTOR`,
 //! `cluster.watch_rejoin=NODE`, `cluster.stay`. The doorbell benchmark
 //! (nodes 0 and 1): `bench.doorbell=bare|shmos`, `bench.iterations=N`.
+//! `boot.exit`: power off with success as soon as the command line is read
+//! (the baseline of the boot-time benchmark).
 //! Unknown words are ignored.
 //!
 //! Apps (see `crate::apps`): `app=NAME` runs the embedded app NAME on this
@@ -67,6 +69,8 @@ pub struct Args {
     pub bench_doorbell: Option<crate::cluster::bench::Path>,
     /// Timed round trips.
     pub bench_iterations: usize,
+    /// Power off at once: the boot benchmark's exit-at-once kernel.
+    pub boot_exit: bool,
 }
 
 impl Args {
@@ -82,6 +86,7 @@ impl Args {
             match key {
                 "node" => args.node = number(key, value).unwrap_or(0),
                 "test" => args.test = true,
+                "boot.exit" => args.boot_exit = true,
                 "test.only" => args.test_only = Some(value),
                 "test.skip" => args.test_skip = number(key, value).unwrap_or(0),
                 "test.demo_failures" => args.test_demo_failures = true,

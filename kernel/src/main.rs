@@ -36,10 +36,14 @@ use boot::BootInfo;
 
 /// Brings the node up, then runs the kernel tests or the node's normal work.
 fn kernel_main(boot: &'static BootInfo) -> ! {
+    time::mark_entry();
     drivers::serial::init();
     console::init_logger();
     arch::init_cpu();
     let args = cmdline::Args::parse(boot.cmdline());
+    if args.boot_exit {
+        exit(ExitCode::Success);
+    }
     memory::init(boot);
     task::init();
     arch::apic::init();

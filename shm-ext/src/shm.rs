@@ -444,13 +444,22 @@ impl<'a> Shm<'a> {
                 what: "doorbell vector must be below 32",
             });
         }
-        let info = self.node(node)?;
-        if info.state != NodeState::Live {
+        // The hot path of every message and wake-up: read only the two
+        // words it needs rather than validating the whole entry (`node`).
+        let status = self.status(node)?;
+        let s1 = status.load(Ordering::Acquire);
+        if split_status(s1).0 != NodeState::Live as u32 {
             return Err(ShmError::NotLive);
         }
+        let peer = self.entry_u32(node, entry::DOORBELL_PEER)?.load(Ordering::Relaxed);
         self.entry_u32(node, entry::PENDING)?
             .fetch_or(1 << vector, Ordering::AcqRel);
-        if let Some(peer) = info.doorbell_peer {
+        // A peer id is written while the entry is Joining; an unchanged
+        // status word means it belongs to this incarnation. Out-of-range
+        // ids (damage) are not rung: the pending bit is the record anyway.
+        if status.load(Ordering::Acquire) == s1
+            && let Ok(peer) = u16::try_from(peer)
+        {
             doorbell.ring(peer, vector);
         }
         Ok(())

@@ -389,8 +389,9 @@ pub const MAX_WRITE: usize = 64 * 1024;
 pub const MAX_NAME: usize = 64;
 /// Most lock ids in one lock call.
 pub const MAX_LOCKS: usize = 64;
-/// Most bytes in one message.
-pub const MAX_MESSAGE: usize = 4096;
+/// Most bytes in one message (a message must also fit the receiver's
+/// queue: `TooLarge` otherwise).
+pub const MAX_MESSAGE: usize = 64 * 1024;
 /// Most bytes of an app's argument string.
 pub const MAX_ARGS: usize = 256;
 /// Signals are numbered 0..SIGNALS (one bit each in `signal_wait`'s result).

@@ -21,7 +21,12 @@
 
 use core::fmt;
 use core::sync::atomic::AtomicU64;
-use shmos_rt::abi::{Error, MAX_MESSAGE, NO_WAIT};
+use shmos_rt::abi::{Error, NO_WAIT};
+
+/// Largest message of words the demo apps exchange: their messages are
+/// small, and a buffer of the ABI's whole `MAX_MESSAGE` would not sit well
+/// on a user stack.
+const MAX_MESSAGE: usize = 4096;
 use shmos_rt::{println, sys};
 
 /// A failure that has been printed already; the app exits with code 1.

@@ -3,8 +3,9 @@
 //! Two paths are timed in the same kernel: `bare` writes the ivshmem
 //! Doorbell register and spins on the interrupt handler's flag (no shmos
 //! layer in between: the floor this hardware path allows), `shmos` rings
-//! through the node table (`Node::ring`) and waits as a blocked app would,
-//! halting until the interrupt (`Node::take_doorbells`). The pinger prints one
+//! through the node table (`Node::ring`) and waits as a blocked app would
+//! (`task::wait_event`: it polls the node table briefly, then halts until
+//! the interrupt). The pinger prints one
 //! `bench doorbell-rtt ...` line the host tool parses.
 
 use super::Node;
@@ -49,12 +50,10 @@ fn wait_bare() {
 }
 
 fn wait_shmos(node: &Node) {
-    loop {
-        if node.take_doorbells() & (1 << VECTOR) != 0 {
-            return;
-        }
-        x86_64::instructions::interrupts::enable_and_hlt();
-    }
+    // Exactly how a blocked app's system call waits (spin briefly, then halt).
+    let _ = crate::task::wait_event(crate::task::Events::doorbell(VECTOR), None, || {
+        node.take_doorbells() & (1 << VECTOR) != 0
+    });
 }
 
 /// Runs `iterations` timed round trips; returns whether it could.

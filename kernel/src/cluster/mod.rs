@@ -92,6 +92,19 @@ fn facts(dev: &ivshmem::Ivshmem) -> NodeFacts<'static> {
     }
 }
 
+/// The layout this node proposes if it is the one that initialises the
+/// shared memory: message queues get an eighth of it (a power of two, 256 KiB
+/// to 16 MiB), so that on 64 MiB every node's queue holds several
+/// `MAX_MESSAGE` (64 KiB) messages while small devices keep their heap.
+fn init_params(len: usize) -> InitParams {
+    let eighth = (len / 8).max(1);
+    let pow2 = 1usize << (usize::BITS - 1 - eighth.leading_zeros());
+    InitParams {
+        queue_area_len: pow2.clamp(256 << 10, 16 << 20) as u64,
+        ..InitParams::default()
+    }
+}
+
 /// Attaches the shared memory node and joins as `id`.
 pub fn join(id: u16) -> Result<&'static Node, JoinError> {
     let dev = ivshmem::device().ok_or(JoinError::NoDevice)?;
@@ -100,7 +113,7 @@ pub fn join(id: u16) -> Result<&'static Node, JoinError> {
     // allows for by touching it only through atomics and volatile copies.
     let region = unsafe { Region::new(dev.shared as *mut u8, dev.shared_len as usize) };
     let deadline = time::now_ns() + ATTACH_WAIT_NS;
-    let shm = Shm::attach(region, &InitParams::default(), time::now_ns, deadline)
+    let shm = Shm::attach(region, &init_params(region.len()), time::now_ns, deadline)
         .map_err(JoinError::Shm)?;
     let generation = shm.join(id, &facts(dev)).map_err(JoinError::Shm)?;
     crate::kprintln!(

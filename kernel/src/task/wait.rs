@@ -118,16 +118,47 @@ pub fn wait_event(
     deadline: Option<u64>,
     mut check: impl FnMut() -> bool,
 ) -> Result<(), TimedOut> {
+    let mut spun = false;
     loop {
         let seen = events.sequence();
         if check() {
             return Ok(());
         }
-        if deadline.is_some_and(|d| crate::time::now_ns() >= d) {
+        let now = crate::time::now_ns();
+        if deadline.is_some_and(|d| now >= d) {
             return Err(TimedOut);
+        }
+        if !spun && events != Events::NONE {
+            spun = true;
+            if spin(now.saturating_add(SPIN_NS).min(deadline.unwrap_or(u64::MAX)), &mut check) {
+                return Ok(());
+            }
+            continue;
         }
         block(events, deadline, seen);
     }
+}
+
+/// How long a waiter polls its condition before it blocks, when no other
+/// task wants the CPU: an answer from another node often comes within a
+/// round trip, and halting then costs an interrupt, a wake-up and two
+/// context switches on top of it (the doorbell benchmark measured the
+/// halting wait at 1.7x a spinning one).
+const SPIN_NS: u64 = 50_000;
+
+/// Polls `check` until it holds (true) or `until` passes (false); gives up
+/// at once if another task is ready to run.
+fn spin(until: u64, check: &mut impl FnMut() -> bool) -> bool {
+    if !SCHED.lock().ready.is_empty() {
+        return false;
+    }
+    while crate::time::now_ns() < until {
+        if check() {
+            return true;
+        }
+        core::hint::spin_loop();
+    }
+    false
 }
 
 /// The deadline for a system call's timeout: `NO_WAIT` (0) is now (the
