@@ -60,9 +60,20 @@ enum Cmd {
     Demo(DemoArgs),
     /// Print the superblock and node table of a shared memory file.
     Inspect(InspectArgs),
-    /// Measure shmos next to baselines from the same run; print a table and
-    /// write bench.json.
+    /// Measure shmos next to baselines from the same run; print a table,
+    /// write bench.json and bench.svg.
     Bench(BenchArgs),
+    /// The child side of bench's two-process measurements (internal).
+    #[command(hide = true)]
+    BenchPeer(BenchPeerArgs),
+}
+
+/// Arguments of `bench-peer`, passed through unparsed.
+#[derive(Args)]
+struct BenchPeerArgs {
+    /// Mode and its arguments.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    args: Vec<String>,
 }
 
 #[derive(Args)]
@@ -78,7 +89,7 @@ struct BenchArgs {
     /// One run of a few iterations: proves the benchmark still works.
     #[arg(long)]
     smoke: bool,
-    /// Where bench.json goes.
+    /// Where bench.json and bench.svg go.
     #[arg(long, value_name = "DIR", default_value = "target/bench")]
     out: PathBuf,
     /// Echo the VMs' consoles.
@@ -199,6 +210,7 @@ fn main() -> ExitCode {
         Cmd::Inspect(args) => inspect(args),
         Cmd::Demo(args) => demo(args),
         Cmd::Bench(args) => bench(args),
+        Cmd::BenchPeer(args) => shmos::bench::peer::main(args.args),
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -269,6 +281,7 @@ fn bench(args: BenchArgs) -> Result<u8> {
         runs,
         iterations,
         verbose: args.verbose,
+        peer: std::env::current_exe()?,
     };
     let report = shmos::bench::run(&cfg, |step| println!("shmos bench: {step}"))?;
     print!("{}", shmos::bench::table(&report));
@@ -278,7 +291,13 @@ fn bench(args: BenchArgs) -> Result<u8> {
         root.join(&args.out)
     };
     let json = shmos::bench::write_json(&report, &out)?;
-    println!("shmos bench: wrote {}", json.display());
+    let svg = out.join("bench.svg");
+    shmos::bench::chart::write_svg(&report, &svg)?;
+    println!(
+        "shmos bench: wrote {} and {}",
+        json.display(),
+        svg.display()
+    );
     Ok(0)
 }
 

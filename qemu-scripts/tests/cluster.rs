@@ -185,9 +185,10 @@ fn a_corrupted_superblock_is_refused_by_every_node_without_a_fault() {
 }
 
 #[test]
-fn the_doorbell_benchmark_runs_both_paths() {
-    // A smoke run (one run, ten iterations) so that `shmos bench` cannot rot;
-    // it asserts that figures come out, never how large they are.
+fn the_benchmark_smoke_run_measures_every_figure() {
+    // A smoke run (one run, ten operations per figure) so that `shmos bench`
+    // cannot rot; it asserts that every figure and baseline comes out and
+    // the files are written, never how large anything is.
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let root = shmos::repo_root();
     let cfg = shmos::bench::BenchConfig {
@@ -196,15 +197,36 @@ fn the_doorbell_benchmark_runs_both_paths() {
         runs: 1,
         iterations: 10,
         verbose: false,
+        peer: env!("CARGO_BIN_EXE_shmos").into(),
     };
     let report = shmos::bench::run(&cfg, |_| {}).unwrap_or_else(|e| panic!("{e:#}"));
-    let c = &report.comparisons[0];
-    for f in [&c.figure, &c.baseline] {
-        assert!(
-            f.median.is_finite() && f.median > 0.0,
-            "{}: no figure in {report:?}",
-            f.name
-        );
+    assert_eq!(report.comparisons.len(), 18, "{report:#?}");
+    for c in &report.comparisons {
+        for f in [&c.figure, &c.baseline] {
+            assert!(
+                f.median.is_finite() && f.median > 0.0 && f.runs.len() == 1,
+                "{} ({}): no figure in {report:#?}",
+                f.name,
+                c.key
+            );
+        }
     }
-    assert!(shmos::bench::table(&report).contains("bare loop"));
+    let table = shmos::bench::table(&report);
+    for key in [
+        "bare loop",
+        "cache-line ping-pong",
+        "UNIX socket",
+        "memcpy",
+        "2 host processes",
+    ] {
+        assert!(table.contains(key), "no {key:?} in\n{table}");
+    }
+    let out = tempfile::tempdir().unwrap();
+    let json = shmos::bench::write_json(&report, out.path()).unwrap();
+    let parsed: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap();
+    assert_eq!(parsed["comparisons"].as_array().map(Vec::len), Some(18));
+    let svg = out.path().join("bench.svg");
+    shmos::bench::chart::write_svg(&report, &svg).unwrap();
+    assert!(std::fs::read_to_string(svg).unwrap().contains("<svg"));
 }

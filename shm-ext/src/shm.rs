@@ -451,7 +451,9 @@ impl<'a> Shm<'a> {
         if split_status(s1).0 != NodeState::Live as u32 {
             return Err(ShmError::NotLive);
         }
-        let peer = self.entry_u32(node, entry::DOORBELL_PEER)?.load(Ordering::Relaxed);
+        let peer = self
+            .entry_u32(node, entry::DOORBELL_PEER)?
+            .load(Ordering::Relaxed);
         self.entry_u32(node, entry::PENDING)?
             .fetch_or(1 << vector, Ordering::AcqRel);
         // A peer id is written while the entry is Joining; an unchanged

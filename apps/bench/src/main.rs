@@ -187,7 +187,11 @@ fn send(app: &App, to: u16, port: u32, bytes: &[u8]) -> Outcome<()> {
 fn recv(app: &App, port: u32, buf: &mut [u8], wait: u64) -> Outcome<usize> {
     let start = now(app)?;
     loop {
-        let timeout = if wait == NO_WAIT { NO_WAIT } else { PATIENCE_NS };
+        let timeout = if wait == NO_WAIT {
+            NO_WAIT
+        } else {
+            PATIENCE_NS
+        };
         match sys::msg_recv(port, buf, timeout) {
             Ok(info) => return Ok(info.len as usize),
             Err(Error::WouldBlock | Error::TimedOut | Error::Busy)

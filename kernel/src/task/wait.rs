@@ -130,7 +130,11 @@ pub fn wait_event(
         }
         if !spun && events != Events::NONE {
             spun = true;
-            if spin(now.saturating_add(SPIN_NS).min(deadline.unwrap_or(u64::MAX)), &mut check) {
+            if spin(
+                now.saturating_add(SPIN_NS)
+                    .min(deadline.unwrap_or(u64::MAX)),
+                &mut check,
+            ) {
                 return Ok(());
             }
             continue;

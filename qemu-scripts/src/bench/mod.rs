@@ -1,15 +1,26 @@
 //! `shmos bench`: figures measured in VMs, each next to a baseline measured
 //! in the same invocation, as ratios (these machines are shared and noisy: a
-//! ratio holds, an absolute time does not). Prints a table and writes JSON.
+//! ratio holds, an absolute time does not). Prints a table, writes
+//! `bench.json` and `bench.svg`.
 //!
-//! Figures so far: the doorbell round trip between two VMs through shmos's
-//! path (node table ring, halting wait), against the same round trip by a
-//! bare loop (Doorbell register, spin on the interrupt flag) in the same
-//! kernel. Runs of the two alternate, so that host noise hits both alike.
+//! Each run measures everything once, in this order, so that host noise
+//! falls on figures and baselines alike: the host baselines
+//! ([`baseline`]), shm-ext between two host processes ([`hosted`]), boot
+//! time (an app's first instruction against a kernel that powers off at
+//! once), the extension-layer figures between two VMs (the `bench` app,
+//! apps/bench), and the doorbell round trip through shmos's path against a
+//! bare register-and-spin loop in the same kernel. A figure is the median
+//! over runs; the spread is the smallest and largest run.
+
+pub mod baseline;
+pub mod chart;
+pub mod hosted;
+pub mod peer;
 
 use crate::cluster::{Cluster, ClusterConfig};
-use crate::vm::Accel;
+use crate::vm::{self, Accel, Firmware, VmConfig};
 use anyhow::{Context, Result, bail};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -20,40 +31,49 @@ pub struct BenchConfig {
     pub kernel: PathBuf,
     /// Accelerator.
     pub accel: Accel,
-    /// Independent runs (clusters booted) per figure.
+    /// Independent runs (VMs booted afresh each time).
     pub runs: usize,
-    /// Timed iterations per run.
+    /// Timed operations per figure and run.
     pub iterations: usize,
     /// Echo the VMs' consoles.
     pub verbose: bool,
+    /// The `shmos` executable: the host baselines' second process runs its
+    /// hidden `bench-peer` subcommand.
+    pub peer: PathBuf,
 }
 
-/// One figure: the median over runs of each run's median, and the spread.
+/// One figure: the median over runs, and the spread.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Figure {
     /// What was measured.
     pub name: String,
     /// Unit of the values.
     pub unit: &'static str,
-    /// Median of the per-run medians.
+    /// Median of the runs.
     pub median: f64,
-    /// Smallest and largest per-run median.
+    /// Smallest run.
     pub min: f64,
-    /// Largest per-run median.
+    /// Largest run.
     pub max: f64,
-    /// Every run's median.
+    /// Every run's value.
     pub runs: Vec<f64>,
 }
 
 /// A figure beside its baseline.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Comparison {
+    /// Short key (`msg64-polled`, `hosted/lock`, ...).
+    pub key: String,
     /// The shmos figure.
     pub figure: Figure,
     /// The baseline measured in the same invocation.
     pub baseline: Figure,
     /// figure.median / baseline.median.
     pub ratio: f64,
+    /// The issue's target for this ratio, when it has one (`<= 3`, `>= 0.5`).
+    pub target: Option<String>,
+    /// Whether the ratio meets the target.
+    pub met: Option<bool>,
 }
 
 /// Everything one `shmos bench` measured.
@@ -61,9 +81,13 @@ pub struct Comparison {
 pub struct Report {
     /// The accelerator the VMs ran under.
     pub accel: String,
+    /// When (UTC, RFC 3339 to the second).
+    pub date: String,
+    /// The host: CPU model and core count.
+    pub machine: String,
     /// Runs per figure.
     pub runs: usize,
-    /// Timed iterations per run.
+    /// Timed operations per figure and run.
     pub iterations: usize,
     /// The comparisons, in table order.
     pub comparisons: Vec<Comparison>,
@@ -113,64 +137,400 @@ fn doorbell_run(cfg: &BenchConfig, path: &str) -> Result<f64> {
     Ok(median_ns / 1000.0)
 }
 
+/// The figures the `bench` app prints, in its order.
+pub const VM_FIGURES: [&str; 9] = [
+    "lock",
+    "alloc",
+    "msg64-polled",
+    "msg4k-polled",
+    "msg64-doorbell",
+    "msg4k-doorbell",
+    "msg64k-throughput",
+    "lock-handoff",
+    "transfer",
+];
+
+/// Boots two nodes running the `bench` app; returns each figure's value
+/// (ns per operation, MB/s for throughput).
+fn vm_run(cfg: &BenchConfig) -> Result<BTreeMap<String, f64>> {
+    let mut cc = ClusterConfig::new(cfg.kernel.clone(), cfg.accel);
+    // 64 MiB: each node's message queue then holds several 64 KiB messages.
+    cc.shm_size = 64 << 20;
+    cc.echo = cfg.verbose;
+    cc.cmdline = format!("cluster.wait_live=2 app=bench:{}", cfg.iterations);
+    let mut cluster = Cluster::start(cc)?;
+    cluster.spawn_node(0, "")?;
+    cluster.spawn_node(1, "")?;
+    let exits = cluster.wait_all(Duration::from_secs(600))?;
+    for (node, exit) in &exits {
+        if exit.outcome() != crate::Outcome::Success {
+            bail!(
+                "the bench app failed on node {node}: {}\n{}",
+                exit.describe(),
+                cluster.tail(*node, 20)
+            );
+        }
+    }
+    let mut values = BTreeMap::new();
+    for line in cluster.log(0) {
+        let Some(rest) = line.strip_prefix("bench ") else {
+            continue;
+        };
+        let name = rest.split_whitespace().next().unwrap_or_default();
+        if let Some(v) = parse_field(line, "value") {
+            values.insert(name.to_string(), v);
+        }
+    }
+    for f in VM_FIGURES {
+        if !values.contains_key(f) {
+            bail!(
+                "node 0 printed no `bench {f}` line:\n{}",
+                cluster.tail(0, 20)
+            );
+        }
+    }
+    Ok(values)
+}
+
+/// QEMU start to QEMU exit of one VM with `cmdline`, in ms.
+fn boot_run(cfg: &BenchConfig, cmdline: &str) -> Result<f64> {
+    let workdir = crate::cleanup::Workdir::new()?;
+    let mut vm = VmConfig::new(cfg.kernel.clone(), cfg.accel, Firmware::Qboot);
+    vm.cmdline = cmdline.into();
+    vm.workdir = Some(workdir.path().to_owned());
+    let boot = vm::boot(&vm, Some(Duration::from_secs(120)), |_| {})?;
+    if boot.exit.outcome() != crate::Outcome::Success {
+        bail!(
+            "boot with {cmdline:?}: {}\n{}",
+            boot.exit.describe(),
+            boot.serial.join("\n")
+        );
+    }
+    Ok(boot.duration.as_secs_f64() * 1e3)
+}
+
+/// Everything measured so far: key -> (label, unit, one value per run).
+#[derive(Default)]
+struct Samples(BTreeMap<&'static str, (&'static str, &'static str, Vec<f64>)>);
+
+impl Samples {
+    fn push(&mut self, key: &'static str, label: &'static str, unit: &'static str, v: f64) {
+        self.0
+            .entry(key)
+            .or_insert((label, unit, Vec::new()))
+            .2
+            .push(v);
+    }
+
+    fn figure(&self, key: &str) -> Result<Figure> {
+        let (label, unit, runs) = self
+            .0
+            .get(key)
+            .with_context(|| format!("no figure {key}"))?;
+        Ok(figure(label, unit, runs.clone()))
+    }
+}
+
+/// One row of the table: figure key, baseline key, target on the ratio.
+struct Row {
+    key: &'static str,
+    baseline: &'static str,
+    target: Option<Target>,
+}
+
+/// A target on a ratio.
+#[derive(Clone, Copy)]
+enum Target {
+    AtMost(f64),
+    AtLeast(f64),
+}
+
+const fn row(key: &'static str, baseline: &'static str, target: Option<Target>) -> Row {
+    Row {
+        key,
+        baseline,
+        target,
+    }
+}
+
+/// The table, in order; targets from the benchmark issue.
+const ROWS: [Row; 18] = [
+    row("boot", "boot-exit", None),
+    row("msg64-polled", "thread-pingpong", Some(Target::AtMost(3.0))),
+    row("msg4k-polled", "thread-pingpong", None),
+    row("msg64-doorbell", "unix-rtt", None),
+    row("msg4k-doorbell", "unix-rtt", None),
+    row("msg64k-throughput", "memcpy", Some(Target::AtLeast(0.5))),
+    row("lock", "mutex", Some(Target::AtMost(2.0))),
+    row("lock-handoff", "mutex-handoff", None),
+    row("alloc", "mutex", None),
+    row("transfer", "unix-rtt", None),
+    row("doorbell-shmos", "doorbell-bare", Some(Target::AtMost(1.2))),
+    row("hosted/msg64-polled", "thread-pingpong", None),
+    row("hosted/msg4k-polled", "thread-pingpong", None),
+    row("hosted/msg64k-throughput", "memcpy", None),
+    row("hosted/lock", "mutex", None),
+    row("hosted/lock-handoff", "mutex-handoff", None),
+    row("hosted/alloc", "mutex", None),
+    row("hosted/transfer", "unix-rtt", None),
+];
+
+/// The VM figures' labels and units, by the app's figure name.
+fn vm_label(figure: &str) -> (&'static str, &'static str) {
+    match figure {
+        "lock" => ("lock acquire+release, uncontended, VM", "ns"),
+        "alloc" => ("shm_alloc+shm_free, VM", "ns"),
+        "msg64-polled" => ("message RTT 64 B, 2 VMs, polled", "ns"),
+        "msg4k-polled" => ("message RTT 4 KiB, 2 VMs, polled", "ns"),
+        "msg64-doorbell" => ("message RTT 64 B, 2 VMs, doorbell", "ns"),
+        "msg4k-doorbell" => ("message RTT 4 KiB, 2 VMs, doorbell", "ns"),
+        "msg64k-throughput" => ("64 KiB messages, 2 VMs", "MB/s"),
+        "lock-handoff" => ("lock handoff, contended, 2 VMs", "ns"),
+        _ => ("ownership transfer RTT, 2 VMs", "ns"),
+    }
+}
+
+/// Measures every figure and baseline, `cfg.runs` times.
+pub fn run(cfg: &BenchConfig, mut progress: impl FnMut(&str)) -> Result<Report> {
+    if cfg.runs == 0 || cfg.iterations == 0 {
+        bail!("--runs and --iterations must be at least 1");
+    }
+    let n = cfg.iterations;
+    let mut s = Samples::default();
+    for run in 0..cfg.runs {
+        let step = |what: &str| format!("run {} of {}: {what}", run + 1, cfg.runs);
+        progress(&step("host baselines"));
+        // Host loops are cheap: many more operations than the VMs do.
+        let host_n = (n * 20).max(1000);
+        s.push(
+            "thread-pingpong",
+            "cache-line ping-pong, 2 host threads",
+            "ns",
+            baseline::thread_pingpong_ns(host_n),
+        );
+        s.push(
+            "unix-rtt",
+            "UNIX socket RTT 64 B, 2 host processes",
+            "ns",
+            baseline::unix_socket_rtt_ns(&cfg.peer, host_n)?,
+        );
+        s.push(
+            "mutex",
+            "pthread process-shared mutex lock+unlock",
+            "ns",
+            baseline::pshared_mutex_ns(host_n)?,
+        );
+        s.push(
+            "mutex-handoff",
+            "pthread pshared mutex, contended, 2 processes",
+            "ns",
+            baseline::pshared_mutex_handoff_ns(&cfg.peer, host_n)?,
+        );
+        s.push(
+            "memcpy",
+            "host memcpy of 64 KiB",
+            "MB/s",
+            baseline::memcpy_mb_s(64 << 10, host_n),
+        );
+        progress(&step("shm-ext between two host processes"));
+        let h = hosted::run(&cfg.peer, host_n)?;
+        for (key, label, unit, v) in [
+            (
+                "hosted/msg64-polled",
+                "message RTT 64 B, 2 host processes",
+                "ns",
+                h.msg_rtt_64_ns,
+            ),
+            (
+                "hosted/msg4k-polled",
+                "message RTT 4 KiB, 2 host processes",
+                "ns",
+                h.msg_rtt_4k_ns,
+            ),
+            (
+                "hosted/msg64k-throughput",
+                "64 KiB messages, 2 host processes",
+                "MB/s",
+                h.msg_throughput_64k_mb_s,
+            ),
+            (
+                "hosted/lock",
+                "lock acquire+release, host process",
+                "ns",
+                h.lock_ns,
+            ),
+            (
+                "hosted/lock-handoff",
+                "lock handoff, 2 host processes",
+                "ns",
+                h.lock_handoff_ns,
+            ),
+            (
+                "hosted/alloc",
+                "shm_alloc+shm_free, host process",
+                "ns",
+                h.alloc_free_ns,
+            ),
+            (
+                "hosted/transfer",
+                "ownership transfer RTT, 2 host processes",
+                "ns",
+                h.transfer_rtt_ns,
+            ),
+        ] {
+            s.push(key, label, unit, v);
+        }
+        progress(&step("boot time"));
+        s.push(
+            "boot-exit",
+            "QEMU start to exit, kernel that exits at once",
+            "ms",
+            boot_run(cfg, "boot.exit")?,
+        );
+        s.push(
+            "boot",
+            "QEMU start to first app instruction (+exit)",
+            "ms",
+            boot_run(cfg, "app=bench:1+boot")?,
+        );
+        progress(&step("extension layer between two VMs"));
+        for (figure, v) in vm_run(cfg)? {
+            let key: &'static str = VM_FIGURES
+                .iter()
+                .find(|&&f| f == figure)
+                .copied()
+                .with_context(|| format!("unknown figure {figure} from the bench app"))?;
+            let (label, unit) = vm_label(key);
+            s.push(key, label, unit, v);
+        }
+        progress(&step("doorbell round trip"));
+        s.push(
+            "doorbell-bare",
+            "doorbell RTT, 2 VMs, bare loop",
+            "µs",
+            doorbell_run(cfg, "bare")?,
+        );
+        s.push(
+            "doorbell-shmos",
+            "doorbell RTT, 2 VMs, shmos path",
+            "µs",
+            doorbell_run(cfg, "shmos")?,
+        );
+    }
+    let mut comparisons = Vec::new();
+    for r in &ROWS {
+        let figure = s.figure(r.key)?;
+        let baseline = s.figure(r.baseline)?;
+        let ratio = figure.median / baseline.median;
+        let (target, met) = match r.target {
+            None => (None, None),
+            Some(Target::AtMost(t)) => (Some(format!("<= {t}")), Some(ratio <= t)),
+            Some(Target::AtLeast(t)) => (Some(format!(">= {t}")), Some(ratio >= t)),
+        };
+        comparisons.push(Comparison {
+            key: r.key.into(),
+            figure,
+            baseline,
+            ratio,
+            target,
+            met,
+        });
+    }
+    Ok(Report {
+        accel: cfg.accel.to_string(),
+        date: now_utc(),
+        machine: machine(),
+        runs: cfg.runs,
+        iterations: cfg.iterations,
+        comparisons,
+    })
+}
+
+/// The current time, UTC, as `YYYY-MM-DD HH:MM:SS UTC` (std has no calendar;
+/// the civil-from-days conversion is short enough not to need a crate).
+fn now_utc() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    // Howard Hinnant's days-to-civil algorithm.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+/// The host's CPU model and core count, from /proc/cpuinfo.
+fn machine() -> String {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = info
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")?
+                .split_once(':')
+                .map(|(_, m)| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!("{model}, {cores} cores")
+}
+
 /// The value of `key=NUMBER` in a result line.
 pub fn parse_field(line: &str, key: &str) -> Option<f64> {
     line.split_whitespace()
         .find_map(|w| w.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
 }
 
-/// Measures every figure.
-pub fn run(cfg: &BenchConfig, mut progress: impl FnMut(&str)) -> Result<Report> {
-    if cfg.runs == 0 || cfg.iterations == 0 {
-        bail!("--runs and --iterations must be at least 1");
-    }
-    let (mut shmos, mut bare) = (Vec::new(), Vec::new());
-    for run in 0..cfg.runs {
-        progress(&format!(
-            "doorbell round trip, run {} of {}",
-            run + 1,
-            cfg.runs
-        ));
-        bare.push(doorbell_run(cfg, "bare")?);
-        shmos.push(doorbell_run(cfg, "shmos")?);
-    }
-    let shmos = figure("doorbell round trip, 2 VMs, shmos path", "µs", shmos);
-    let bare = figure("doorbell round trip, 2 VMs, bare loop", "µs", bare);
-    let ratio = shmos.median / bare.median;
-    Ok(Report {
-        accel: cfg.accel.to_string(),
-        runs: cfg.runs,
-        iterations: cfg.iterations,
-        comparisons: vec![Comparison {
-            figure: shmos,
-            baseline: bare,
-            ratio,
-        }],
-    })
-}
-
-/// The report as a table.
+/// The report as a table: figure, baseline, ratio and target per row.
 pub fn table(r: &Report) -> String {
     let mut out = format!(
-        "accelerator {}, {} runs x {} iterations; median of run medians [min .. max]\n",
-        r.accel, r.runs, r.iterations
+        "shmos bench, {}, {}, accelerator {}: {} runs x {} operations; median of runs [min .. max]\n",
+        r.date, r.machine, r.accel, r.runs, r.iterations
     );
     out += &format!(
-        "{:<42} {:>22}   {:<42} {:>22}   {:>6}\n",
-        "figure", "value", "baseline (same run)", "value", "ratio"
+        "{:<46} {:>26}   {:<46} {:>26}   {:>8}  {}\n",
+        "figure", "value", "baseline (same run)", "value", "ratio", "target"
     );
-    let v = |f: &Figure| format!("{:.1} {} [{:.1} .. {:.1}]", f.median, f.unit, f.min, f.max);
     for c in &r.comparisons {
+        let target = match (&c.target, c.met) {
+            (Some(t), Some(true)) => format!("{t}: met"),
+            (Some(t), _) => format!("{t}: MISSED"),
+            _ => String::new(),
+        };
         out += &format!(
-            "{:<42} {:>22}   {:<42} {:>22}   {:>6.2}\n",
+            "{:<46} {:>26}   {:<46} {:>26}   {:>8.2}  {target}\n",
             c.figure.name,
-            v(&c.figure),
+            value(&c.figure),
             c.baseline.name,
-            v(&c.baseline),
+            value(&c.baseline),
             c.ratio
         );
     }
     out
+}
+
+/// `median unit [min .. max]`, with as many digits as the size needs.
+fn value(f: &Figure) -> String {
+    let n = |v: f64| {
+        if v >= 100.0 {
+            format!("{v:.0}")
+        } else {
+            format!("{v:.2}")
+        }
+    };
+    format!("{} {} [{} .. {}]", n(f.median), f.unit, n(f.min), n(f.max))
 }
 
 /// Writes `bench.json` into `dir`; returns its path.
@@ -197,5 +557,25 @@ mod tests {
     fn figures_take_the_median_run() {
         let f = figure("x", "µs", vec![3.0, 1.0, 2.0]);
         assert_eq!((f.median, f.min, f.max), (2.0, 1.0, 3.0));
+    }
+
+    #[test]
+    fn dates_are_civil() {
+        let d = now_utc();
+        assert!(
+            d.len() == 23 && d.ends_with(" UTC") && d.starts_with("20"),
+            "{d}"
+        );
+    }
+
+    #[test]
+    fn every_row_has_a_known_figure() {
+        for r in &ROWS {
+            let vm = VM_FIGURES.contains(&r.key);
+            let other = r.key.starts_with("hosted/")
+                || r.key.starts_with("boot")
+                || r.key.starts_with("doorbell");
+            assert!(vm || other, "{}", r.key);
+        }
     }
 }
