@@ -102,6 +102,8 @@ pub struct NodeOverride {
     pub cmdline: String,
     /// Timeout for this node.
     pub timeout: Option<Duration>,
+    /// Text this node must print (checked after the run).
+    pub expect: Vec<String>,
 }
 
 impl ClusterSpec {
@@ -159,6 +161,15 @@ impl ClusterSpec {
             .get(&node)
             .and_then(|o| o.timeout)
             .unwrap_or(self.timeout)
+    }
+
+    /// Every line node `node` must print: its apps' `expect` and its own.
+    pub fn node_expect(&self, node: u32) -> Vec<String> {
+        let apps = self.apps.iter().filter(|a| a.runs_on(node));
+        apps.flat_map(|a| a.expect.iter())
+            .chain(self.overrides.get(&node).into_iter().flat_map(|o| o.expect.iter()))
+            .cloned()
+            .collect()
     }
 
     /// Checks what command line overrides may have broken: app and override
@@ -318,6 +329,8 @@ struct RawNode {
     memory: Option<Spanned<String>>,
     cmdline: Option<String>,
     timeout: Option<Spanned<i64>>,
+    #[serde(default)]
+    expect: Vec<String>,
 }
 
 #[derive(Deserialize, Clone, Copy)]
@@ -348,16 +361,41 @@ pub fn parse(file: &Path, text: &str, known_apps: &[String]) -> Result<ClusterSp
     let de = toml::Deserializer::parse(text)
         .map_err(|e| FileError::at(file, text, e.span(), None, e.message().trim().to_string()))?;
     let raw: RawFile = serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
+        let field = field_path(e.path());
         let inner = e.into_inner();
-        // The path of an unknown field or a missing one is the table that
-        // holds it; "." is the top level.
-        let field = if path == "." { "(top level)".to_string() } else { path };
         FileError::at(file, text, inner.span(), Some(field), inner.message().trim().to_string())
     })?;
     validate(raw, known_apps).map_err(|(span, field, message)| {
         FileError::at(file, text, Some(span), Some(field), message)
     })
+}
+
+/// The field path of a serde error (`app[0].nodes[1]`), without the private
+/// keys `toml::Spanned` deserializes through; the top level is "(top level)"
+/// (a missing field's path is the table that lacks it).
+fn field_path(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let mut out = String::new();
+    for segment in path.iter() {
+        match segment {
+            Segment::Seq { index } => out.push_str(&format!("[{index}]")),
+            Segment::Map { key } | Segment::Enum { variant: key } => {
+                if key.starts_with("$__serde_spanned") {
+                    continue;
+                }
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(key);
+            }
+            Segment::Unknown => out.push_str(".?"),
+        }
+    }
+    if out.is_empty() {
+        "(top level)".into()
+    } else {
+        out
+    }
 }
 
 /// A semantic error: where, which field, what.
@@ -515,6 +553,7 @@ fn validate(raw: RawFile, known_apps: &[String]) -> Result<ClusterSpec, Invalid>
             memory,
             cmdline: node.cmdline.clone().unwrap_or_default(),
             timeout,
+            expect: node.expect.clone(),
         };
         if spec.overrides.insert(index, o).is_some() {
             return invalid(
@@ -659,7 +698,7 @@ timeout = 5
         let e = err("nodes = 2\n[[app]]\nname = \"hello\"\nargz = \"1\"\n");
         assert!(e.message.contains("unknown field `argz`"), "{e}");
         assert_eq!(e.line, 4, "{e}");
-        assert_eq!(e.field.as_deref(), Some("app[0]"), "{e}");
+        assert_eq!(e.field.as_deref(), Some("app[0].argz"), "{e}");
     }
 
     #[test]

@@ -149,12 +149,9 @@ pub fn run(spec: &ClusterSpec, opts: RunOptions, mut say: impl FnMut(&str)) -> R
     for (&node, exit) in &exits {
         let log = cluster.log(node);
         let missing: Vec<String> = spec
-            .apps
-            .iter()
-            .filter(|a| a.runs_on(node))
-            .flat_map(|a| &a.expect)
+            .node_expect(node)
+            .into_iter()
             .filter(|want| !log.iter().any(|l| l.contains(want.as_str())))
-            .cloned()
             .collect();
         let mut outcome = exit.outcome();
         if !missing.is_empty() {
