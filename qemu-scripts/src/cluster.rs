@@ -205,7 +205,10 @@ impl Cluster {
         }
         let mut vm = VmConfig::new(self.cfg.kernel.clone(), self.cfg.accel, self.cfg.firmware);
         vm.node = node;
-        vm.memory = opts.memory.clone().unwrap_or_else(|| self.cfg.memory.clone());
+        vm.memory = opts
+            .memory
+            .clone()
+            .unwrap_or_else(|| self.cfg.memory.clone());
         if let Some(port) = opts.gdb_port {
             vm.gdb = true;
             vm.gdb_port = port;

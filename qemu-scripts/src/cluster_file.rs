@@ -167,7 +167,12 @@ impl ClusterSpec {
     pub fn node_expect(&self, node: u32) -> Vec<String> {
         let apps = self.apps.iter().filter(|a| a.runs_on(node));
         apps.flat_map(|a| a.expect.iter())
-            .chain(self.overrides.get(&node).into_iter().flat_map(|o| o.expect.iter()))
+            .chain(
+                self.overrides
+                    .get(&node)
+                    .into_iter()
+                    .flat_map(|o| o.expect.iter()),
+            )
             .cloned()
             .collect()
     }
@@ -258,7 +263,13 @@ impl fmt::Display for FileError {
 impl std::error::Error for FileError {}
 
 impl FileError {
-    fn at(file: &Path, text: &str, span: Option<Range<usize>>, field: Option<String>, message: String) -> Self {
+    fn at(
+        file: &Path,
+        text: &str,
+        span: Option<Range<usize>>,
+        field: Option<String>,
+        message: String,
+    ) -> Self {
         let (line, column, source_line) = match span {
             Some(span) => position(text, span.start),
             None => (0, 0, String::new()),
@@ -287,7 +298,9 @@ fn position(text: &str, offset: usize) -> (usize, usize, String) {
     (
         line,
         column,
-        text[line_start..line_end].trim_end_matches('\r').to_string(),
+        text[line_start..line_end]
+            .trim_end_matches('\r')
+            .to_string(),
     )
 }
 
@@ -363,7 +376,13 @@ pub fn parse(file: &Path, text: &str, known_apps: &[String]) -> Result<ClusterSp
     let raw: RawFile = serde_path_to_error::deserialize(de).map_err(|e| {
         let field = field_path(e.path());
         let inner = e.into_inner();
-        FileError::at(file, text, inner.span(), Some(field), inner.message().trim().to_string())
+        FileError::at(
+            file,
+            text,
+            inner.span(),
+            Some(field),
+            inner.message().trim().to_string(),
+        )
     })?;
     validate(raw, known_apps).map_err(|(span, field, message)| {
         FileError::at(file, text, Some(span), Some(field), message)
@@ -401,7 +420,11 @@ fn field_path(path: &serde_path_to_error::Path) -> String {
 /// A semantic error: where, which field, what.
 type Invalid = (Range<usize>, String, String);
 
-fn invalid<T>(span: Range<usize>, field: impl Into<String>, message: impl Into<String>) -> Result<T, Invalid> {
+fn invalid<T>(
+    span: Range<usize>,
+    field: impl Into<String>,
+    message: impl Into<String>,
+) -> Result<T, Invalid> {
     Err((span, field.into(), message.into()))
 }
 
@@ -427,7 +450,11 @@ fn memory_value(v: &Spanned<String>, field: &str) -> Result<String, Invalid> {
 fn timeout_value(v: &Spanned<i64>, field: &str) -> Result<Duration, Invalid> {
     match u64::try_from(*v.get_ref()) {
         Ok(secs) if secs >= 1 => Ok(Duration::from_secs(secs)),
-        _ => invalid(v.span(), field, format!("timeout {} must be at least 1 second", v.get_ref())),
+        _ => invalid(
+            v.span(),
+            field,
+            format!("timeout {} must be at least 1 second", v.get_ref()),
+        ),
     }
 }
 
@@ -462,8 +489,9 @@ fn validate(raw: RawFile, known_apps: &[String]) -> Result<ClusterSpec, Invalid>
         spec.memory = memory_value(m, "memory")?;
     }
     if let Some(s) = &raw.shm_size {
-        let size = parse_size(s.get_ref()).or_else(|e| invalid(s.span(), "shm_size", format!("{e:#}")))?;
-        if !size.is_power_of_two() || size < 1 << 20 || size > MAX_SHM_SIZE {
+        let size =
+            parse_size(s.get_ref()).or_else(|e| invalid(s.span(), "shm_size", format!("{e:#}")))?;
+        if !size.is_power_of_two() || !(1 << 20..=MAX_SHM_SIZE).contains(&size) {
             return invalid(
                 s.span(),
                 "shm_size",
@@ -496,7 +524,11 @@ fn validate(raw: RawFile, known_apps: &[String]) -> Result<ClusterSpec, Invalid>
     for (i, app) in raw.app.iter().enumerate() {
         let name = app.name.get_ref();
         if !known_apps.contains(name) {
-            return invalid(app.name.span(), format!("app[{i}].name"), unknown_app(name, known_apps));
+            return invalid(
+                app.name.span(),
+                format!("app[{i}].name"),
+                unknown_app(name, known_apps),
+            );
         }
         let args = app.args.as_ref().map_or("", |a| a.get_ref().as_str());
         if let Some(a) = &app.args
@@ -525,7 +557,11 @@ fn validate(raw: RawFile, known_apps: &[String]) -> Result<ClusterSpec, Invalid>
                     let field = format!("app[{i}].nodes[{j}]");
                     let n = node_index(n, nodes, &field)?;
                     if on.contains(&n) {
-                        return invalid(list.get_ref()[j].span(), field, format!("node {n} is listed twice"));
+                        return invalid(
+                            list.get_ref()[j].span(),
+                            field,
+                            format!("node {n} is listed twice"),
+                        );
                     }
                     on.push(n);
                 }
@@ -574,8 +610,8 @@ pub fn known_apps(root: &Path) -> Result<Vec<String>> {
     let manifest = root.join("apps/Cargo.toml");
     let text = std::fs::read_to_string(&manifest)
         .with_context(|| format!("reading {}", manifest.display()))?;
-    let table: toml::Table = toml::from_str(&text)
-        .with_context(|| format!("parsing {}", manifest.display()))?;
+    let table: toml::Table =
+        toml::from_str(&text).with_context(|| format!("parsing {}", manifest.display()))?;
     let members = table
         .get("workspace")
         .and_then(|w| w.get("members"))
@@ -736,7 +772,11 @@ timeout = 5
         assert_eq!((e.line, e.column), (4, 13), "{e}");
         assert!(e.message.contains("out of range"), "{e}");
         let e = err("nodes = 2\n[[node]]\nindex = 5\n");
-        assert_eq!((e.line, e.field.as_deref()), (3, Some("node[0].index")), "{e}");
+        assert_eq!(
+            (e.line, e.field.as_deref()),
+            (3, Some("node[0].index")),
+            "{e}"
+        );
         let e = err("nodes = 2\n[[node]]\nindex = 1\n[[node]]\nindex = 1\n");
         assert!(e.message.contains("two [[node]] tables"), "{e}");
         let e = err("nodes = 2\n[[app]]\nname = \"hello\"\nnodes = []\n");

@@ -142,8 +142,8 @@ pub fn run(spec: &ClusterSpec, opts: RunOptions, mut say: impl FnMut(&str)) -> R
         cluster.spawn_node_with(node, &spec.node_cmdline(node), &node_opts)?;
     }
     let gdb_node = opts.gdb.map(|(n, _)| n);
-    let exits = cluster
-        .wait_all_each(|node| (Some(node) != gdb_node).then(|| spec.node_timeout(node)))?;
+    let exits =
+        cluster.wait_all_each(|node| (Some(node) != gdb_node).then(|| spec.node_timeout(node)))?;
     let duration = start.elapsed();
     let mut nodes = Vec::new();
     for (&node, exit) in &exits {

@@ -27,7 +27,10 @@ fn examples() -> Vec<PathBuf> {
 fn every_example_cluster_file_runs_and_every_node_succeeds() {
     let kernel = common::kernel();
     let files = examples();
-    assert!(files.len() >= 6, "expected the demo examples, found {files:?}");
+    assert!(
+        files.len() >= 6,
+        "expected the demo examples, found {files:?}"
+    );
     let mut failures = Vec::new();
     for file in &files {
         let started = Instant::now();
@@ -84,7 +87,13 @@ fn refused(text: &str, extra: &[&str]) -> (Option<i32>, String) {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("broken.toml");
     std::fs::write(&file, text).unwrap();
-    let mut args = vec!["cluster", "--kernel", "/nonexistent", "--file", file.to_str().unwrap()];
+    let mut args = vec![
+        "cluster",
+        "--kernel",
+        "/nonexistent",
+        "--file",
+        file.to_str().unwrap(),
+    ];
     args.extend_from_slice(extra);
     let done = Tool::start(&args).finish(Duration::from_secs(30));
     (done.code, done.stderr)
@@ -117,7 +126,12 @@ fn broken_cluster_files_are_refused_with_the_line_and_the_problem() {
         (
             "unknown app",
             "nodes = 3\n\n[[app]]\nname = \"countr\"\n",
-            &["line 4, column 8", "field `app[0].name`", "unknown app \"countr\"", "counter"],
+            &[
+                "line 4, column 8",
+                "field `app[0].name`",
+                "unknown app \"countr\"",
+                "counter",
+            ],
         ),
         (
             "shared memory not a power of two",
@@ -157,7 +171,12 @@ fn broken_cluster_files_are_refused_with_the_line_and_the_problem() {
         (
             "node index out of range",
             "nodes = 3\n[[app]]\nname = \"counter\"\nnodes = [0, 1, 3]\n",
-            &["line 4, column 16", "field `app[0].nodes[2]`", "out of range", "0 to 2"],
+            &[
+                "line 4, column 16",
+                "field `app[0].nodes[2]`",
+                "out of range",
+                "0 to 2",
+            ],
         ),
         (
             "override for a node that does not exist",
@@ -201,7 +220,8 @@ fn flags_override_the_file_and_are_checked_against_it() {
     .finish(Duration::from_secs(30));
     assert_eq!(done.code, Some(2), "{}", done.stderr);
     assert!(
-        done.stderr.contains("app barrier runs on node 2, but the cluster has 2 nodes"),
+        done.stderr
+            .contains("app barrier runs on node 2, but the cluster has 2 nodes"),
         "{}",
         done.stderr
     );

@@ -32,7 +32,8 @@ fn gdb_attaches_to_a_cluster_node_reads_kernel_statics_and_the_node_finishes() {
     ]);
     // The tool prints the exact command; run what it says, plus batch steps.
     let (line, before) = tool.wait_line("gdb -ex 'target remote ", Duration::from_secs(60));
-    let line = line.unwrap_or_else(|| panic!("no gdb command printed; output:\n{}", before.join("\n")));
+    let line =
+        line.unwrap_or_else(|| panic!("no gdb command printed; output:\n{}", before.join("\n")));
     assert_eq!(
         line,
         format!("gdb -ex 'target remote :{port}' {}", kernel.display()),
