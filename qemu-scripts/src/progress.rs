@@ -130,11 +130,15 @@ impl NodeBar {
     /// Moves the state on from one of the node's console lines.
     pub fn saw(&self, line: &str) {
         let Some(bar) = &self.0.0 else { return };
-        // The kernel's banner starts "shmos "; the cluster check and the app
-        // start print "nodes live" once the node sees the others.
+        // The kernel's banner starts "shmos "; the cluster check prints
+        // "all N nodes live", and a node with apps starts them once the
+        // others are live ("started app NAME").
         if line.contains("nodes live") {
             bar.set_message("live".to_string());
-        } else if line.starts_with("shmos ") && bar.message() != "live" {
+        } else if let Some((_, app)) = line.split_once("started app ") {
+            let name = app.split_whitespace().next().unwrap_or("");
+            bar.set_message(format!("live, running {name}"));
+        } else if line.starts_with("shmos ") {
             bar.set_message("running".to_string());
         }
     }
