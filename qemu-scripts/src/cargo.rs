@@ -60,12 +60,30 @@ fn cargo_build(dir: &Path) -> Result<()> {
     cmd.stdin(Stdio::null()).stderr(Stdio::piped());
     let mut cargo = Guarded::spawn(&mut cmd).context("cannot run cargo")?;
     // Echo from this thread so a test harness captures it and shows it on failure.
+    // On a terminal, a spinner shows the latest line instead, and the whole
+    // output is printed only if the build fails.
+    let progress = crate::progress::Progress::new();
+    let what = dir.file_name().map_or(dir.display().to_string(), |n| {
+        n.to_string_lossy().into_owned()
+    });
+    let spinner = progress.spinner(&format!("building {what}"));
+    let mut held = Vec::new();
     let stderr = cargo.child().stderr.take().expect("piped stderr");
     for line in BufReader::new(stderr).lines() {
-        eprintln!("{}", line.unwrap_or_default());
+        let line = line.unwrap_or_default();
+        if crate::progress::enabled() {
+            spinner.set_message(&format!("building {what}: {}", strip_ansi(line.trim())));
+            held.push(line);
+        } else {
+            eprintln!("{line}");
+        }
     }
     let status = cargo.wait()?;
+    spinner.clear();
     if !status.success() {
+        for line in held {
+            eprintln!("{line}");
+        }
         bail!(
             "build in {} failed ({status}); cargo's output is above",
             dir.display()

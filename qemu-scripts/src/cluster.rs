@@ -10,6 +10,7 @@
 use crate::Outcome;
 use crate::cleanup::Workdir;
 use crate::doorbell::{self, ServerConfig, ServerHandle, ShmBacking};
+use crate::progress::{NodeBar, Progress};
 use crate::vm::{Accel, ConsoleLine, Firmware, Stream, Vm, VmConfig, VmExit};
 use anyhow::{Context, Result, bail};
 use std::collections::BTreeMap;
@@ -65,6 +66,15 @@ impl ClusterConfig {
     }
 }
 
+/// What one node may do differently from the cluster's defaults.
+#[derive(Clone, Debug, Default)]
+pub struct NodeOptions {
+    /// Guest RAM for this node instead of [`ClusterConfig::memory`].
+    pub memory: Option<String>,
+    /// Start QEMU's gdb server on this localhost port, CPU stopped at reset.
+    pub gdb_port: Option<u16>,
+}
+
 /// A running cluster. Dropping it kills every VM and removes every file.
 pub struct Cluster {
     cfg: ClusterConfig,
@@ -80,6 +90,9 @@ pub struct Cluster {
     boot_starts: BTreeMap<u32, usize>,
     exits: BTreeMap<u32, VmExit>,
     color: bool,
+    /// Terminal progress (one spinner per node); inert when not on a terminal.
+    progress: Progress,
+    bars: BTreeMap<u32, NodeBar>,
 }
 
 impl Cluster {
@@ -130,7 +143,14 @@ impl Cluster {
             boot_starts: BTreeMap::new(),
             exits: BTreeMap::new(),
             color,
+            progress: Progress::disabled(),
+            bars: BTreeMap::new(),
         })
+    }
+
+    /// Shows a spinner per node on `progress` (console lines print above them).
+    pub fn set_progress(&mut self, progress: Progress) {
+        self.progress = progress;
     }
 
     /// The shared memory file (for `shmos inspect`).
@@ -175,12 +195,24 @@ impl Cluster {
     /// Boots node `node` with the common keys plus `extra`. A node id that
     /// is running already is refused; one that exited may boot again.
     pub fn spawn_node(&mut self, node: u32, extra: &str) -> Result<()> {
+        self.spawn_node_with(node, extra, &NodeOptions::default())
+    }
+
+    /// [`Cluster::spawn_node`] with per-node options (memory, gdb server).
+    pub fn spawn_node_with(&mut self, node: u32, extra: &str, opts: &NodeOptions) -> Result<()> {
         if self.vms.contains_key(&node) {
             bail!("node {node} is already running");
         }
         let mut vm = VmConfig::new(self.cfg.kernel.clone(), self.cfg.accel, self.cfg.firmware);
         vm.node = node;
-        vm.memory = self.cfg.memory.clone();
+        vm.memory = opts
+            .memory
+            .clone()
+            .unwrap_or_else(|| self.cfg.memory.clone());
+        if let Some(port) = opts.gdb_port {
+            vm.gdb = true;
+            vm.gdb_port = port;
+        }
         vm.cmdline = format!("{} {}", self.cfg.cmdline, extra).trim().to_string();
         vm.workdir = Some(self.workdir.path().to_owned());
         vm.extra_args = self.device_args();
@@ -190,6 +222,11 @@ impl Cluster {
         self.boot_starts.insert(node, log.len());
         log.push(format!("--- boot: {}", vm.full_cmdline()));
         self.vms.insert(node, running);
+        let what = match opts.gdb_port {
+            Some(port) => format!("waiting for gdb on :{port}"),
+            None => "booting".into(),
+        };
+        self.bars.insert(node, self.progress.node_bar(node, &what));
         Ok(())
     }
 
@@ -220,6 +257,11 @@ impl Cluster {
     }
 
     fn record(&mut self, line: &ConsoleLine) {
+        if let Some(bar) = self.bars.get(&line.node)
+            && line.stream == Stream::Serial
+        {
+            bar.saw(&line.text);
+        }
         if line.stream == Stream::Serial {
             self.logs
                 .entry(line.node)
@@ -233,9 +275,10 @@ impl Cluster {
             } else {
                 format!("[n{}]", line.node)
             };
+            let progress = &self.progress;
             match line.stream {
-                Stream::Serial => println!("{tag} {}", line.text),
-                Stream::Stderr => eprintln!("{tag} qemu: {}", line.text),
+                Stream::Serial => progress.println(&format!("{tag} {}", line.text)),
+                Stream::Stderr => progress.eprintln(&format!("{tag} qemu: {}", line.text)),
             }
         }
     }
@@ -251,8 +294,10 @@ impl Cluster {
         for (node, exit) in done {
             self.vms.remove(&node);
             if self.cfg.echo {
-                println!("[n{node}] {}", exit.describe());
+                self.progress
+                    .println(&format!("[n{node}] {}", exit.describe()));
             }
+            self.finish_bar(node, &exit);
             self.exits.insert(node, exit);
         }
         Ok(())
@@ -315,13 +360,32 @@ impl Cluster {
     /// Waits for every running VM to exit; kills those still running after
     /// `timeout`. Returns how each node ended (also earlier exits).
     pub fn wait_all(&mut self, timeout: Duration) -> Result<BTreeMap<u32, VmExit>> {
-        let deadline = Instant::now() + timeout;
+        self.wait_all_each(|_| Some(timeout))
+    }
+
+    /// [`Cluster::wait_all`] with a timeout per node (None: wait for ever,
+    /// as for a node under gdb), counted from this call.
+    pub fn wait_all_each(
+        &mut self,
+        timeout: impl Fn(u32) -> Option<Duration>,
+    ) -> Result<BTreeMap<u32, VmExit>> {
+        let start = Instant::now();
         while !self.vms.is_empty() {
-            if Instant::now() >= deadline {
-                for (node, mut vm) in std::mem::take(&mut self.vms) {
+            let late: Vec<(u32, Duration)> = self
+                .vms
+                .keys()
+                .filter_map(|&node| timeout(node).map(|t| (node, t)))
+                .filter(|&(_, t)| start.elapsed() >= t)
+                .collect();
+            for (node, t) in late {
+                if let Some(mut vm) = self.vms.remove(&node) {
                     vm.kill()?;
-                    self.exits.insert(node, VmExit::Timeout(timeout));
+                    let exit = VmExit::Timeout(t);
+                    self.finish_bar(node, &exit);
+                    self.exits.insert(node, exit);
                 }
+            }
+            if self.vms.is_empty() {
                 break;
             }
             self.pump(Duration::from_millis(20))?;
@@ -331,6 +395,13 @@ impl Cluster {
             self.record(&line);
         }
         Ok(self.exits.clone())
+    }
+
+    /// Ends node `node`'s spinner with how it stopped.
+    fn finish_bar(&mut self, node: u32, exit: &VmExit) {
+        if let Some(bar) = self.bars.remove(&node) {
+            bar.finish(exit.outcome() == Outcome::Success, &exit.describe());
+        }
     }
 
     /// The worst outcome over every node that stopped.

@@ -6,10 +6,13 @@ pub mod bench;
 pub mod cargo;
 pub mod cleanup;
 pub mod cluster;
+pub mod cluster_file;
+pub mod cluster_run;
 pub mod doorbell;
 pub mod harness;
 pub mod host;
 pub mod inspect;
+pub mod progress;
 pub mod vm;
 
 use std::path::{Path, PathBuf};

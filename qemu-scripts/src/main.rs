@@ -1,7 +1,8 @@
 //! `shmos`: build the kernel, boot it in QEMU, run the host and kernel tests.
 
 use anyhow::Result;
-use clap::{Args, Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use shmos::cleanup::{self, Workdir};
 use shmos::harness::{self, KernelTests};
 use shmos::host::{self, AccelChoice};
@@ -51,8 +52,9 @@ enum Cmd {
     /// Run the host tests (cargo test) and the kernel tests in QEMU.
     #[command(after_help = AFTER_HELP, long_about = TEST_ABOUT)]
     Test(TestArgs),
-    /// Boot N nodes on one shared memory node; with no --app, check that
-    /// every node sees every other as live, then power off.
+    /// Boot N nodes on one shared memory node (or the cluster a --file
+    /// describes); with no app, check that every node sees every other as
+    /// live, then power off.
     #[command(after_help = AFTER_HELP)]
     Cluster(ClusterArgs),
     /// The extension layer in action: 3 nodes run the demo apps one after
@@ -123,6 +125,21 @@ struct InspectArgs {
 struct ClusterArgs {
     #[command(flatten)]
     vm: VmArgs,
+    /// Run the cluster this TOML file describes (see README, "Cluster
+    /// files"); flags given as well override the file's values.
+    #[arg(long, value_name = "FILE")]
+    file: Option<PathBuf>,
+    /// Start node NODE's QEMU stopped, with a gdb server (its timeout is
+    /// off); prints the gdb command that attaches.
+    #[arg(long, value_name = "NODE")]
+    gdb: Option<u32>,
+    /// Port for --gdb's server [default: a free port].
+    #[arg(long, value_name = "PORT", requires = "gdb")]
+    gdb_port: Option<u16>,
+    /// Print each node's exit and outcome as JSON on stdout at the end
+    /// (consoles are not echoed; the tool's own lines go to stderr).
+    #[arg(long)]
+    json: bool,
     /// Number of nodes (VMs), 1 to 8.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=shmos::cluster::MAX_NODES as i64))]
     nodes: u32,
@@ -181,6 +198,9 @@ struct RunArgs {
     /// Start QEMU's gdb server on :1234 with the CPU stopped (disables --timeout).
     #[arg(long)]
     gdb: bool,
+    /// Port for --gdb's server.
+    #[arg(long, value_name = "PORT", requires = "gdb", default_value_t = shmos::vm::DEFAULT_GDB_PORT)]
+    gdb_port: u16,
 }
 
 #[derive(Args)]
@@ -199,14 +219,18 @@ struct TestArgs {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // The matches too: `cluster --file` lets only flags given explicitly
+    // override the file, which the parsed struct alone cannot tell.
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    shmos::progress::enable_on_terminal();
     if let Err(e) = cleanup::install_signal_handler() {
         eprintln!("shmos: warning: {e:#}");
     }
     let result = match cli.command {
         Cmd::Run(args) => run(args),
         Cmd::Test(args) => test(args),
-        Cmd::Cluster(args) => cluster(args),
+        Cmd::Cluster(args) => cluster(args, matches.subcommand_matches("cluster")),
         Cmd::Inspect(args) => inspect(args),
         Cmd::Demo(args) => demo(args),
         Cmd::Bench(args) => bench(args),
@@ -238,9 +262,11 @@ fn run(args: RunArgs) -> Result<u8> {
     let workdir = Workdir::new()?;
     let mut cfg = vm_config(&args.vm, kernel.clone(), &workdir)?;
     cfg.gdb = args.gdb;
+    cfg.gdb_port = args.gdb_port;
     let timeout = if args.gdb {
-        println!("shmos: --gdb: QEMU waits for gdb on :1234; timeout disabled. Attach with:");
-        println!("gdb -ex 'target remote :1234' {}", kernel.display());
+        let port = args.gdb_port;
+        println!("shmos: --gdb: QEMU waits for gdb on :{port}; timeout disabled. Attach with:");
+        println!("{}", vm::gdb_command(&kernel, port));
         None
     } else {
         Some(Duration::from_secs(args.vm.timeout))
@@ -396,50 +422,108 @@ fn inspect(args: InspectArgs) -> Result<u8> {
     Ok(0)
 }
 
-fn cluster(args: ClusterArgs) -> Result<u8> {
-    use shmos::cluster::{Cluster, ClusterConfig, parse_size};
+fn cluster(args: ClusterArgs, matches: Option<&ArgMatches>) -> Result<u8> {
+    use shmos::cluster_file::{self, ClusterSpec, FileError};
+    use shmos::cluster_run::{self, RunOptions};
     let root = shmos::repo_root();
-    host::ensure_qemu()?;
-    let accel = host::choose_accel(args.vm.accel)?;
-    let shm_size = parse_size(&args.shm_size)?;
-    let mut cfg = ClusterConfig::new(args.vm.kernel(&root)?, accel);
-    cfg.shm_size = shm_size;
-    cfg.plain = args.plain;
-    cfg.firmware = args.vm.firmware;
-    cfg.memory = args.vm.memory.clone();
-    // Each node runs the apps once all nodes are live (an unknown name fails
-    // every node, with the list of embedded apps).
-    let apps: String = args.apps.iter().map(|a| format!(" app={a}")).collect();
-    cfg.cmdline = format!("cluster.wait_live={}{apps} {}", args.nodes, args.vm.append);
-    let mut cluster = Cluster::start(cfg)?;
-    println!(
-        "shmos: cluster of {} nodes ({accel}, {}, {} MiB shared) in {}",
-        args.nodes,
-        if args.plain {
-            "ivshmem-plain, polling"
-        } else {
-            "ivshmem-doorbell"
+    let known = cluster_file::known_apps(&root)?;
+    let given = |id: &str| {
+        args.file.is_none()
+            || matches.is_some_and(|m| m.value_source(id) == Some(ValueSource::CommandLine))
+    };
+    let mut spec = match &args.file {
+        None => ClusterSpec::new(args.nodes),
+        Some(file) => match cluster_file::load(file, &known) {
+            Ok(spec) => spec,
+            // A broken file is a usage error (status 2), like a bad flag.
+            Err(e) if e.is::<FileError>() => {
+                eprintln!("shmos: error: {e:#}");
+                return Ok(Outcome::Abnormal.code());
+            }
+            Err(e) => return Err(e),
         },
-        shm_size >> 20,
-        cluster.dir().display()
-    );
-    for node in 0..args.nodes {
-        cluster.spawn_node(node, "")?;
+    };
+    if given("nodes") {
+        spec.nodes = args.nodes;
     }
-    let exits = cluster.wait_all(Duration::from_secs(args.vm.timeout))?;
-    for (node, exit) in &exits {
-        println!("shmos: node {node}: {}", exit.describe());
+    if given("shm_size") {
+        spec.shm_size = shmos::cluster::parse_size(&args.shm_size)?;
     }
-    let outcome = cluster.outcome();
-    println!(
-        "shmos: cluster {}",
-        if outcome == Outcome::Success {
-            "succeeded: every node agreed"
+    spec.plain |= args.plain;
+    if given("apps") {
+        spec.apps = args.apps.iter().map(|a| cli_app(a)).collect();
+    }
+    spec.accel = args.vm.accel.or(spec.accel);
+    if given("firmware") {
+        spec.firmware = args.vm.firmware;
+    }
+    if given("timeout") {
+        spec.timeout = Duration::from_secs(args.vm.timeout);
+    }
+    if given("memory") {
+        spec.memory = args.vm.memory.clone();
+    }
+    spec.cmdline = format!("{} {}", spec.cmdline, args.vm.append)
+        .trim()
+        .to_string();
+    if let Err(e) = spec.check(&known) {
+        eprintln!("shmos: error: {e}");
+        return Ok(Outcome::Abnormal.code());
+    }
+    host::ensure_qemu()?;
+    let accel = host::choose_accel(spec.accel)?;
+    let gdb = match args.gdb {
+        Some(node) => Some((node, args.gdb_port.map_or_else(vm::free_port, Ok)?)),
+        None => None,
+    };
+    let progress = shmos::progress::Progress::new();
+    let opts = RunOptions {
+        kernel: args.vm.kernel(&root)?,
+        accel,
+        gdb,
+        echo: !args.json,
+        progress: progress.clone(),
+    };
+    // With --json, stdout carries only the JSON.
+    let say = |line: &str| {
+        if args.json {
+            progress.eprintln(line)
         } else {
-            "failed"
+            progress.println(line)
         }
-    );
-    Ok(outcome.code())
+    };
+    let report = cluster_run::run(&spec, opts, say)?;
+    if args.json {
+        println!("{:#}", report.to_json());
+    } else {
+        for n in &report.nodes {
+            println!("shmos: node {}: {}", n.node, n.exit.describe());
+            for want in &n.missing {
+                println!("shmos: node {}: never printed {want:?}", n.node);
+            }
+        }
+        println!(
+            "shmos: cluster {} ({:.1}s)",
+            if report.outcome == Outcome::Success {
+                "succeeded: every node reported success"
+            } else {
+                "failed"
+            },
+            report.duration.as_secs_f64()
+        );
+    }
+    Ok(report.outcome.code())
+}
+
+/// An `--app NAME:ARGS` (`+` for spaces), run on every node.
+fn cli_app(text: &str) -> shmos::cluster_file::AppSpec {
+    let (name, args) = text.split_once(':').unwrap_or((text, ""));
+    shmos::cluster_file::AppSpec {
+        name: name.to_string(),
+        args: args.replace('+', " "),
+        nodes: None,
+        expect: Vec::new(),
+    }
 }
 
 /// Test counts and the worst outcome over the phases of `shmos test`.

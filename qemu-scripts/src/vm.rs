@@ -24,6 +24,20 @@ pub const EXIT_SUCCESS: i32 = 33;
 /// QEMU's status when the kernel writes 0x11 to isa-debug-exit.
 pub const EXIT_FAILURE: i32 = 35;
 
+/// QEMU's usual gdb port (what `-s` means).
+pub const DEFAULT_GDB_PORT: u16 = 1234;
+
+/// The exact command that attaches gdb to a VM started with `gdb_port`.
+pub fn gdb_command(kernel: &Path, port: u16) -> String {
+    format!("gdb -ex 'target remote :{port}' {}", kernel.display())
+}
+
+/// A localhost TCP port that is free now (the OS picks it), for a gdb server.
+pub fn free_port() -> Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+    Ok(listener.local_addr()?.port())
+}
+
 /// How often to poll a QEMU for exit; boots take 40-200 ms.
 const POLL: Duration = Duration::from_millis(5);
 
@@ -77,8 +91,11 @@ pub struct VmConfig {
     pub memory: String,
     pub accel: Accel,
     pub firmware: Firmware,
-    /// Add `-s -S`: gdb server on :1234, CPU stopped until gdb continues.
+    /// Start QEMU's gdb server on `gdb_port` with the CPU stopped until gdb
+    /// continues (`-gdb tcp:127.0.0.1:PORT -S`).
     pub gdb: bool,
+    /// The gdb server's port (localhost only), 1234 by default as with `-s`.
+    pub gdb_port: u16,
     /// Directory for per-VM files (the SeaBIOS debug log); none if unset.
     pub workdir: Option<PathBuf>,
     /// Further QEMU arguments (devices for multi-node runs).
@@ -97,6 +114,7 @@ impl VmConfig {
             accel,
             firmware,
             gdb: false,
+            gdb_port: DEFAULT_GDB_PORT,
             workdir: None,
             extra_args: Vec::new(),
         }
@@ -148,7 +166,10 @@ impl VmConfig {
             cmd.args(["-device", "isa-debugcon,iobase=0x402,chardev=fwlog"]);
         }
         if self.gdb {
-            cmd.args(["-s", "-S"]);
+            // Localhost only: QEMU's `-s` listens on every interface.
+            cmd.arg("-gdb")
+                .arg(format!("tcp:127.0.0.1:{}", self.gdb_port))
+                .arg("-S");
         }
         cmd.args(&self.extra_args);
         cmd
