@@ -144,11 +144,13 @@ pub fn wait_event(
 }
 
 /// How long a waiter polls its condition before it blocks, when no other
-/// task wants the CPU: an answer from another node often comes within a
-/// round trip, and halting then costs an interrupt, a wake-up and two
-/// context switches on top of it (the doorbell benchmark measured the
-/// halting wait at 1.7x a spinning one).
-const SPIN_NS: u64 = 50_000;
+/// task wants the CPU: an answer from another node usually comes within a
+/// round trip (~50 µs between two TCG VMs), and halting instead costs an
+/// interrupt, a wake-up and two context switches on top of it (the doorbell
+/// benchmark measured a halting wait at 1.7-3x a spinning one). Long
+/// enough to cover a round trip with some host noise, short enough that an
+/// idle node wastes little.
+const SPIN_NS: u64 = 200_000;
 
 /// Polls `check` until it holds (true) or `until` passes (false); gives up
 /// at once if another task is ready to run.
