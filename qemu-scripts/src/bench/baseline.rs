@@ -556,6 +556,23 @@ pub fn memcpy_mb_s(bytes: usize, iterations: usize) -> f64 {
     (bytes * iterations) as f64 / secs / 1e6
 }
 
+/// One trivial host system call (`getppid`), in ns: what entering and
+/// leaving a kernel costs here, beside the VM's null system call.
+pub fn syscall_ns(iterations: usize) -> f64 {
+    if iterations == 0 {
+        return f64::NAN;
+    }
+    let warm = warmup(iterations);
+    let mut start = Instant::now();
+    for i in 0..warm + iterations {
+        if i == warm {
+            start = Instant::now();
+        }
+        black_box(nix::unistd::getppid());
+    }
+    per_op_ns(start.elapsed(), iterations)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
