@@ -9,6 +9,7 @@ pub mod cluster;
 pub mod doorbell;
 pub mod harness;
 pub mod host;
+pub mod image;
 pub mod inspect;
 pub mod vm;
 
