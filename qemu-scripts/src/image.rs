@@ -91,7 +91,10 @@ struct Need {
 }
 
 fn grub_platform_installed(platform: &str) -> bool {
-    Path::new(GRUB_LIB).join(platform).join("modinfo.sh").is_file()
+    Path::new(GRUB_LIB)
+        .join(platform)
+        .join("modinfo.sh")
+        .is_file()
 }
 
 /// What building `kind` needs, plus OVMF when the image is to boot under UEFI.
@@ -228,8 +231,7 @@ pub fn build(cfg: &ImageConfig) -> Result<PathBuf> {
         &log,
     )?;
     if let Some(dir) = cfg.out.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     let mut mkrescue = Command::new("grub-mkrescue");
     if let Some(platform) = cfg.kind.grub_platform() {

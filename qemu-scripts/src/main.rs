@@ -563,7 +563,12 @@ struct ImageArgs {
     #[arg(long = "app", value_name = "NAME")]
     apps: Vec<String>,
     /// Extra kernel command line keys.
-    #[arg(long, value_name = "EXTRA", default_value = "", allow_hyphen_values = true)]
+    #[arg(
+        long,
+        value_name = "EXTRA",
+        default_value = "",
+        allow_hyphen_values = true
+    )]
     append: String,
     /// Which firmware the image boots under.
     #[arg(long, value_enum, default_value_t = shmos::image::ImageKind::Both)]
@@ -601,19 +606,37 @@ fn image(args: ImageArgs) -> Result<u8> {
         },
         cmdline: image::cmdline(&args.apps, &args.append),
         kind: args.kind,
-        out: if out.is_absolute() { out } else { root.join(out) },
+        out: if out.is_absolute() {
+            out
+        } else {
+            root.join(out)
+        },
     };
     let iso = image::build(&cfg)?;
-    println!("shmos: image ({} boot) with command line \"{}\": {}", cfg.kind, cfg.cmdline, iso.display());
+    println!(
+        "shmos: image ({} boot) with command line \"{}\": {}",
+        cfg.kind,
+        cfg.cmdline,
+        iso.display()
+    );
     let mut worst = Outcome::Success;
     for &firmware in args.kind.firmwares() {
         let vm = image::vm_config(&iso, firmware, accel);
-        println!("shmos: boot it under {firmware} with:\n  {}", image::shell_line(&vm.command()));
+        println!(
+            "shmos: boot it under {firmware} with:\n  {}",
+            image::shell_line(&vm.command())
+        );
         if args.boot {
             host::ensure_qemu()?;
             image::ensure_tools(args.kind, firmware == Firmware::Ovmf)?;
-            let boot = vm::boot(&vm, Some(Duration::from_secs(args.timeout)), |l| l.print(false))?;
-            println!("shmos: {firmware}: {} ({:.2}s)", boot.exit.describe(), boot.duration.as_secs_f64());
+            let boot = vm::boot(&vm, Some(Duration::from_secs(args.timeout)), |l| {
+                l.print(false)
+            })?;
+            println!(
+                "shmos: {firmware}: {} ({:.2}s)",
+                boot.exit.describe(),
+                boot.duration.as_secs_f64()
+            );
             worst = worst.max(boot.exit.outcome());
         }
     }

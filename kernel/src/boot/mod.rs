@@ -191,12 +191,21 @@ extern "C" fn kernel_entry(info: u32, protocol: u32) -> ! {
 
 crate::kernel_test!(
     fn boot_regions_merge_drop_overlaps_and_cap() {
-        let ram = |start, len| MemoryRegion { start, len, kind: E820_RAM };
+        let ram = |start, len| MemoryRegion {
+            start,
+            len,
+            kind: E820_RAM,
+        };
         let mut b = BootInfo::new(Protocol::Unknown);
         b.push_region(ram(0x1000, 0x1000));
         b.push_region(ram(0x2000, 0x1000)); // continues the first: merged
         b.push_region(ram(0x2800, 0x1000)); // overlaps usable RAM: dropped
-        b.push_region(MemoryRegion { start: 0x2800, len: 0x100, kind: 2 }); // reserved: kept
+        // Reserved, overlapping: kept (only usable RAM must be disjoint).
+        b.push_region(MemoryRegion {
+            start: 0x2800,
+            len: 0x100,
+            kind: 2,
+        });
         b.push_region(ram(0x9000, 0)); // empty: skipped
         b.push_region(ram(u64::MAX - 5, 100)); // saturates, does not wrap
         let got: [MemoryRegion; 3] = core::array::from_fn(|i| b.regions[i]);

@@ -78,7 +78,10 @@ fn parse(info: &[u8]) -> BootInfo {
             _ => {}
         }
         // Tags start 8-aligned.
-        match at.checked_add(size).and_then(|n| n.checked_next_multiple_of(8)) {
+        match at
+            .checked_add(size)
+            .and_then(|n| n.checked_next_multiple_of(8))
+        {
             Some(next) => at = next,
             None => break,
         }
