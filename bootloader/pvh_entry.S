@@ -6,9 +6,14 @@
  * `pvh_start32` in 32-bit protected mode with paging off and
  * %ebx = physical address of `struct hvm_start_info`.
  *
+ * bootloader/multiboot2.S enters the same trampoline at `boot_start32` with
+ * the multiboot2 information instead. Through the trampoline %esi holds the
+ * boot information's address and %ebp the protocol word: 0 for PVH, GRUB's
+ * %eax (0x36d76289) for multiboot2.
+ *
  * The trampoline: zero .bss, identity-map the first 4 GiB with 2 MiB pages,
  * enable PAE + long mode + NX + write protection, load a 64-bit GDT, far-jump
- * to 64-bit code, and call `kernel_entry(start_info)` on the boot stack. The
+ * to 64-bit code, and call `kernel_entry(info, protocol)` on the boot stack. The
  * kernel replaces these page tables with its own as soon as it runs.
  */
 
@@ -29,6 +34,10 @@ pvh_start32:
     cli
     cld
     mov %ebx, %esi                      /* keep hvm_start_info across the set-up */
+    xor %ebp, %ebp                      /* protocol word: PVH */
+
+    .global boot_start32
+boot_start32:
 
     /* Zero .bss: the page tables and the boot stack live there. */
     mov $__bss_start, %edi
@@ -99,8 +108,9 @@ pvh_start64:
     mov %ax, %fs
     mov %ax, %gs
     movabs $boot_stack_top, %rsp
+    mov %esi, %edi                      /* kernel_entry(info_phys, protocol) */
+    mov %ebp, %esi
     xor %ebp, %ebp
-    mov %esi, %edi                      /* kernel_entry(start_info_phys) */
     call kernel_entry
 3:  cli
     hlt

@@ -14,10 +14,9 @@ fn main() {
     let script = boot.join("linker.ld");
     println!("cargo:rustc-link-arg-bins=-T{}", script.display());
     println!("cargo:rerun-if-changed={}", script.display());
-    println!(
-        "cargo:rerun-if-changed={}",
-        boot.join("pvh_entry.S").display()
-    );
+    for asm in ["pvh_entry.S", "multiboot2.S"] {
+        println!("cargo:rerun-if-changed={}", boot.join(asm).display());
+    }
     embed_apps(&manifest);
 }
 

@@ -1,6 +1,7 @@
 //! The shmos kernel: one per compute node.
 //!
-//! Boot path: bootloader/pvh_entry.S -> [`boot::kernel_entry`] -> [`kernel_main`].
+//! Boot path: bootloader/pvh_entry.S (PVH) or bootloader/multiboot2.S (GRUB)
+//! -> [`boot::kernel_entry`] -> [`kernel_main`].
 //! Layout: `arch/` (CPU tables, interrupts, syscall entry, APIC, fault
 //! fixups), `memory/` (frames, paging, heap, address spaces), `drivers/`
 //! (serial, ivshmem), `cluster/` (membership), `task/` (tasks, scheduler,
@@ -113,14 +114,21 @@ fn run_node(args: &cmdline::Args) -> bool {
 fn banner(boot: &BootInfo, args: &cmdline::Args) {
     let mem = memory::stats();
     kprintln!(
-        "shmos {} node {}: {} MiB RAM in {} regions, {} MiB free, heap {} MiB",
+        "shmos {} node {}: {} MiB RAM in {} regions, {} MiB free, heap {} MiB, booted by {}",
         env!("CARGO_PKG_VERSION"),
         args.node,
         mem.usable_bytes >> 20,
         boot.memory_regions().filter(|r| r.is_usable()).count(),
         mem.free_bytes >> 20,
         mem.heap_bytes >> 20,
+        boot.protocol(),
     );
+    if boot.regions_dropped() > 0 {
+        kprintln!(
+            "boot: {} memory-map entries left out (no room or overlapping RAM)",
+            boot.regions_dropped()
+        );
+    }
     kprintln!(
         "clock: TSC {} MHz, local APIC timer {} Hz (id {}), command line \"{}\"",
         time::tsc_hz() / 1_000_000,

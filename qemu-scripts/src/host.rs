@@ -1,5 +1,5 @@
-//! Host prerequisites: QEMU itself (installed through apt when we are root)
-//! and the choice of accelerator.
+//! Host prerequisites: QEMU and the image tools (installed through apt when
+//! we are root) and the choice of accelerator.
 
 use crate::vm::{Accel, QEMU};
 use anyhow::{Context, Result, bail};
@@ -71,13 +71,24 @@ pub fn ensure_qemu() -> Result<()> {
     if which(QEMU).is_some() {
         return Ok(());
     }
-    let hint =
-        "qemu-system-x86_64 not found; install it with: sudo apt-get install -y qemu-system-x86";
+    apt_install(&["qemu-system-x86"], &format!("{QEMU} not found"))?;
+    if which(QEMU).is_none() {
+        bail!("{QEMU} still not found after installing qemu-system-x86");
+    }
+    Ok(())
+}
+
+/// Installs Debian `packages` with apt-get when we are root; otherwise fails
+/// with `why` and the command to run.
+pub fn apt_install(packages: &[&str], why: &str) -> Result<()> {
+    let list = packages.join(" ");
+    let hint = format!("{why}; install with: sudo apt-get install -y {list}");
     if !nix::unistd::geteuid().is_root() || which("apt-get").is_none() {
         bail!(hint);
     }
-    println!("shmos: {QEMU} not found; installing qemu-system-x86 with apt-get");
-    for args in [&["update"][..], &["install", "-y", "qemu-system-x86"]] {
+    println!("shmos: {why}; installing {list} with apt-get");
+    let install = [&["install", "-y"], packages].concat();
+    for args in [&["update"][..], &install] {
         let status = Command::new("apt-get")
             .args(args)
             .env("DEBIAN_FRONTEND", "noninteractive")
@@ -86,9 +97,6 @@ pub fn ensure_qemu() -> Result<()> {
         if !status.success() {
             bail!("apt-get {} failed ({status}); {hint}", args.join(" "));
         }
-    }
-    if which(QEMU).is_none() {
-        bail!(hint);
     }
     Ok(())
 }

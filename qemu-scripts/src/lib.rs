@@ -11,6 +11,7 @@ pub mod cluster_run;
 pub mod doorbell;
 pub mod harness;
 pub mod host;
+pub mod image;
 pub mod inspect;
 pub mod progress;
 pub mod vm;

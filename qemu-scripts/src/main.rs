@@ -68,6 +68,10 @@ enum Cmd {
     /// The child side of bench's two-process measurements (internal).
     #[command(hide = true)]
     BenchPeer(BenchPeerArgs),
+    /// Build a bootable appliance image (GRUB ISO, BIOS and/or UEFI) with the
+    /// apps and command line baked in; print how to boot it.
+    #[command(after_help = AFTER_HELP)]
+    Image(ImageArgs),
 }
 
 /// Arguments of `bench-peer`, passed through unparsed.
@@ -235,6 +239,7 @@ fn main() -> ExitCode {
         Cmd::Demo(args) => demo(args),
         Cmd::Bench(args) => bench(args),
         Cmd::BenchPeer(args) => shmos::bench::peer::main(args.args),
+        Cmd::Image(args) => image(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -654,3 +659,89 @@ fn test_ivshmem_device(workdir: &Workdir) -> Result<Vec<std::ffi::OsString>> {
 
 /// The kernel test booted under SeaBIOS by `shmos test`.
 const SEABIOS_SMOKE_TEST: &str = "serial_console_writes";
+
+#[derive(Args)]
+struct ImageArgs {
+    /// App to run at boot (repeatable; NAME:ARGS with + for spaces).
+    #[arg(long = "app", value_name = "NAME")]
+    apps: Vec<String>,
+    /// Extra kernel command line keys.
+    #[arg(
+        long,
+        value_name = "EXTRA",
+        default_value = "",
+        allow_hyphen_values = true
+    )]
+    append: String,
+    /// Which firmware the image boots under.
+    #[arg(long, value_enum, default_value_t = shmos::image::ImageKind::Both)]
+    kind: shmos::image::ImageKind,
+    /// The ISO to write [default: target/images/shmos-KIND.iso].
+    #[arg(long, value_name = "PATH")]
+    out: Option<PathBuf>,
+    /// Put this kernel ELF in the image instead of building kernel/.
+    #[arg(long, value_name = "ELF")]
+    kernel: Option<PathBuf>,
+    /// Then boot the image once under each of its firmwares (as the printed
+    /// commands do) and return the kernel's status.
+    #[arg(long)]
+    boot: bool,
+    /// Accelerator for the printed commands and --boot [default: $SHMOS_ACCEL, else auto]
+    #[arg(long, value_enum)]
+    accel: Option<AccelChoice>,
+    /// With --boot: kill a VM that runs longer than this many seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 300)]
+    timeout: u64,
+}
+
+fn image(args: ImageArgs) -> Result<u8> {
+    use shmos::image::{self, ImageConfig};
+    let root = shmos::repo_root();
+    let accel = host::choose_accel(args.accel)?;
+    image::ensure_tools(args.kind, false)?;
+    let out = args
+        .out
+        .unwrap_or_else(|| format!("target/images/shmos-{}.iso", args.kind).into());
+    let cfg = ImageConfig {
+        kernel: match args.kernel {
+            Some(elf) => elf,
+            None => cargo::build_kernel(&root)?,
+        },
+        cmdline: image::cmdline(&args.apps, &args.append),
+        kind: args.kind,
+        out: if out.is_absolute() {
+            out
+        } else {
+            root.join(out)
+        },
+    };
+    let iso = image::build(&cfg)?;
+    println!(
+        "shmos: image ({} boot) with command line \"{}\": {}",
+        cfg.kind,
+        cfg.cmdline,
+        iso.display()
+    );
+    let mut worst = Outcome::Success;
+    for &firmware in args.kind.firmwares() {
+        let vm = image::vm_config(&iso, firmware, accel);
+        println!(
+            "shmos: boot it under {firmware} with:\n  {}",
+            image::shell_line(&vm.command())
+        );
+        if args.boot {
+            host::ensure_qemu()?;
+            image::ensure_tools(args.kind, firmware == Firmware::Ovmf)?;
+            let boot = vm::boot(&vm, Some(Duration::from_secs(args.timeout)), |l| {
+                l.print(false)
+            })?;
+            println!(
+                "shmos: {firmware}: {} ({:.2}s)",
+                boot.exit.describe(),
+                boot.duration.as_secs_f64()
+            );
+            worst = worst.max(boot.exit.outcome());
+        }
+    }
+    Ok(worst.code())
+}

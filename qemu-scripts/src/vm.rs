@@ -19,6 +19,8 @@ use std::time::{Duration, Instant};
 pub const QEMU: &str = "qemu-system-x86_64";
 /// qboot firmware shipped by Debian's qemu-system-data.
 pub const QBOOT_ROM: &str = "/usr/share/qemu/qboot.rom";
+/// UEFI firmware (Debian package ovmf), for appliance images.
+pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE.fd";
 /// QEMU's status when the kernel writes 0x10 to isa-debug-exit: `(v << 1) | 1`.
 pub const EXIT_SUCCESS: i32 = 33;
 /// QEMU's status when the kernel writes 0x11 to isa-debug-exit.
@@ -57,7 +59,8 @@ impl fmt::Display for Accel {
     }
 }
 
-/// Firmware that loads the kernel through PVH.
+/// Firmware that loads the kernel: through PVH (qboot, SeaBIOS), or from an
+/// appliance image (SeaBIOS, OVMF).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum Firmware {
     /// qboot: ~0.2 s to the kernel under KVM, leaves PCI BARs unassigned.
@@ -65,6 +68,9 @@ pub enum Firmware {
     Qboot,
     /// SeaBIOS (QEMU's default): assigns BARs, ~3.5 s under this host's KVM.
     Seabios,
+    /// OVMF (UEFI): boots appliance images only, it has no PVH loader.
+    #[value(skip)]
+    Ovmf,
 }
 
 impl fmt::Display for Firmware {
@@ -72,6 +78,7 @@ impl fmt::Display for Firmware {
         f.write_str(match self {
             Firmware::Qboot => "qboot",
             Firmware::Seabios => "seabios",
+            Firmware::Ovmf => "ovmf",
         })
     }
 }
@@ -81,8 +88,11 @@ impl fmt::Display for Firmware {
 pub struct VmConfig {
     /// The QEMU binary (tests substitute a script).
     pub qemu: PathBuf,
-    /// Kernel ELF, booted with `-kernel` (PVH).
+    /// Kernel ELF, booted with `-kernel` (PVH) unless `image` is set.
     pub kernel: PathBuf,
+    /// An appliance image (ISO) to boot as a CD-ROM instead of `-kernel`;
+    /// its command line is baked in, so `node` and `cmdline` do not reach it.
+    pub image: Option<PathBuf>,
     /// Node id: passed as `node=N` and used to tag console lines.
     pub node: u32,
     /// Kernel command line keys after `node=N`.
@@ -108,6 +118,7 @@ impl VmConfig {
         VmConfig {
             qemu: QEMU.into(),
             kernel,
+            image: None,
             node: 0,
             cmdline: String::new(),
             memory: "256M".into(),
@@ -140,8 +151,16 @@ impl VmConfig {
     /// The QEMU command (without stdio setup).
     pub fn command(&self) -> Command {
         let mut cmd = Command::new(&self.qemu);
-        cmd.arg("-kernel").arg(&self.kernel);
-        cmd.args(["-append", &self.full_cmdline(), "-m", &self.memory]);
+        if let Some(image) = &self.image {
+            // QEMU's option syntax escapes a comma in a value by doubling it.
+            let file = image.to_string_lossy().replace(',', ",,");
+            cmd.arg("-drive")
+                .arg(format!("file={file},media=cdrom,format=raw,readonly=on"));
+        } else {
+            cmd.arg("-kernel").arg(&self.kernel);
+            cmd.args(["-append", &self.full_cmdline()]);
+        }
+        cmd.args(["-m", &self.memory]);
         cmd.args(["-nodefaults", "-no-reboot", "-display", "none"]);
         cmd.args(["-serial", "stdio", "-monitor", "none"]);
         cmd.args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]);
@@ -154,8 +173,14 @@ impl VmConfig {
         if self.accel == Accel::Tcg {
             cmd.args(["-smp", "1,maxcpus=2"]);
         }
-        if self.firmware == Firmware::Qboot {
-            cmd.args(["-bios", QBOOT_ROM]);
+        match self.firmware {
+            Firmware::Qboot => {
+                cmd.args(["-bios", QBOOT_ROM]);
+            }
+            Firmware::Ovmf => {
+                cmd.args(["-bios", OVMF_CODE]);
+            }
+            Firmware::Seabios => {}
         }
         if let Some(log) = self.firmware_log() {
             // SeaBIOS writes its debug log to port 0x402 whether or not a device
@@ -268,6 +293,9 @@ impl Vm {
     pub fn spawn(cfg: &VmConfig, lines: Sender<ConsoleLine>) -> Result<Vm> {
         if cfg.firmware == Firmware::Qboot && !Path::new(QBOOT_ROM).exists() {
             bail!("{QBOOT_ROM} not found (package qemu-system-data); try --firmware seabios");
+        }
+        if cfg.firmware == Firmware::Ovmf && !Path::new(OVMF_CODE).exists() {
+            bail!("{OVMF_CODE} not found: install the ovmf package (apt-get install ovmf)");
         }
         let mut cmd = cfg.command();
         cmd.stdin(Stdio::null())
