@@ -21,8 +21,9 @@ use shmos_rt::{println, sys};
 shmos_rt::entry!(main);
 
 /// Every figure, in the order they run by default.
-const FIGURES: [&str; 11] = [
+const FIGURES: [&str; 12] = [
     "syscall",
+    "memcpy-vm",
     "lock",
     "alloc",
     "msg64-polled",
@@ -99,6 +100,7 @@ fn bench(app: &App) -> Outcome<()> {
         let partner = 1 - app.node;
         let value = match figure {
             "syscall" => null_call(app, n)?,
+            "memcpy-vm" => memcpy(app, n, bufs)?,
             "lock" => lock(app, n)?,
             "alloc" => alloc(app, n)?,
             "msg64-polled" => round_trips(app, partner, n, 64, NO_WAIT, bufs)?,
@@ -142,6 +144,24 @@ fn null_call(app: &App, n: u64) -> Outcome<Option<(u64, &'static str)>> {
     }
     let ns = timed(app, n, |_| sys::clock_ns().map(drop).or_fail(app, "clock"))?;
     Ok(Some((ns, "ns")))
+}
+
+/// 64 KiB copies in user memory (node 0 alone): the VM's own copy speed,
+/// which bounds what a message stream can reach.
+fn memcpy(app: &App, n: u64, bufs: &mut Buffers) -> Outcome<Option<(u64, &'static str)>> {
+    if app.node != 0 {
+        return Ok(None);
+    }
+    let ns = timed(app, n, |i| {
+        bufs.out[0] = i as u8;
+        bufs.back.copy_from_slice(core::hint::black_box(&bufs.out));
+        app.ensure(
+            bufs.back[0] == i as u8,
+            format_args!("copy {i} lost its bytes"),
+        )
+    })?
+    .max(1);
+    Ok(Some((MAX_MESSAGE as u64 * 1_000_000_000 / ns, "B/s")))
 }
 
 /// Uncontended acquire and release of one global lock through the
