@@ -683,10 +683,13 @@ fn sanity(app: &App, scratch: &Mapping) -> Outcome<()> {
     }
     // The queue may be full of junk the nodes sent to any port (nobody
     // reads most of them): drain every port, then a message to itself.
-    let mut junk = [0u8; abi::MAX_MESSAGE];
+    // A whole MAX_MESSAGE (64 KiB) does not sit on the user stack.
+    static mut JUNK: [u8; abi::MAX_MESSAGE] = [0; abi::MAX_MESSAGE];
+    // SAFETY: the only reference to JUNK, taken once; apps are single-threaded.
+    let junk = unsafe { &mut *(&raw mut JUNK) };
     for port in 0..16 {
         loop {
-            match sys::msg_recv(port, &mut junk, abi::NO_WAIT) {
+            match sys::msg_recv(port, junk, abi::NO_WAIT) {
                 Ok(_) => {}
                 Err(Error::TimedOut | Error::WouldBlock) => break,
                 Err(e) => return Err(app.fail(format_args!("draining port {port}: {e}"))),
