@@ -9,7 +9,9 @@
 //! `cluster.watch_rejoin=NODE`, `cluster.stay`. The doorbell benchmark
 //! (nodes 0 and 1): `bench.doorbell=bare|shmos`, `bench.iterations=N`.
 //! `boot.exit`: power off with success as soon as the command line is read
-//! (the baseline of the boot-time benchmark).
+//! (the baseline of the boot-time benchmark). `quiet`: no banner and no PCI
+//! listing (each console byte costs ~10 µs under TCG; an appliance that
+//! boots for one app need not pay for them).
 //! Unknown words are ignored.
 //!
 //! Apps (see `crate::apps`): `app=NAME` runs the embedded app NAME on this
@@ -71,6 +73,8 @@ pub struct Args {
     pub bench_iterations: usize,
     /// Power off at once: the boot benchmark's exit-at-once kernel.
     pub boot_exit: bool,
+    /// Skip the banner and the PCI listing.
+    pub quiet: bool,
 }
 
 impl Args {
@@ -87,6 +91,7 @@ impl Args {
                 "node" => args.node = number(key, value).unwrap_or(0),
                 "test" => args.test = true,
                 "boot.exit" => args.boot_exit = true,
+                "quiet" => args.quiet = true,
                 "test.only" => args.test_only = Some(value),
                 "test.skip" => args.test_skip = number(key, value).unwrap_or(0),
                 "test.demo_failures" => args.test_demo_failures = true,

@@ -51,7 +51,10 @@ fn kernel_main(boot: &'static BootInfo) -> ! {
     time::init();
     x86_64::instructions::interrupts::enable();
 
-    banner(boot, &args);
+    if !args.quiet {
+        banner(boot, &args);
+    }
+    pci::QUIET.store(args.quiet, core::sync::atomic::Ordering::Relaxed);
     pci::init();
     let _ = drivers::ivshmem::init();
     if args.test {

@@ -1,6 +1,6 @@
 //! The monotonic clock and the periodic tick.
 //!
-//! At boot, windows of the PIT (2 ms under TCG, 10 ms elsewhere) calibrate both the TSC (the clock:
+//! At boot, windows of the PIT (1 ms under TCG, 10 ms elsewhere) calibrate both the TSC (the clock:
 //! reading it does not leave the VM, which matters under nested KVM where
 //! every exit costs 100-200 µs) and the local APIC timer (the tick, which
 //! wakes `hlt` so that waiting does not burn the CPU).
@@ -10,9 +10,9 @@ use core::sync::atomic::{AtomicU64, Ordering};
 /// Periodic timer interrupts per second.
 pub const TICK_HZ: u64 = 100;
 /// Length of a calibration window under TCG, whose PIT reads cost
-/// microseconds: 2 ms gives a clock within 0.1%, and three windows keep the
+/// microseconds: 1 ms (1,193 PIT counts) gives a clock within a few tenths of a per cent, and three windows keep the
 /// boot short (the boot benchmark's target is 20 ms for the whole kernel).
-const CALIBRATION_MS_TCG: u64 = 2;
+const CALIBRATION_MS_TCG: u64 = 1;
 /// Length of a calibration window elsewhere: under KVM every PIT read is a
 /// VM exit of 100-200 µs, so a window must be long for that to be small.
 const CALIBRATION_MS_OTHER: u64 = 10;

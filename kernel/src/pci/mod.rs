@@ -218,7 +218,11 @@ impl Windows {
 /// Everything enumeration found, in bus order.
 static DEVICES: spin::Once<Vec<Device>> = spin::Once::new();
 
-/// Enumerates and assigns, once; prints one line per function like `lspci`.
+/// Whether `init` skips its listing (the `quiet` command-line key).
+pub static QUIET: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+/// Enumerates and assigns, once; prints one line per function like `lspci`
+/// (unless [`QUIET`]).
 pub fn init() -> &'static [Device] {
     DEVICES.call_once(|| {
         let mut found = Vec::new();
@@ -249,8 +253,10 @@ pub fn init() -> &'static [Device] {
             assign_bars(d, &mut w);
         }
         open_bridge_windows(&found);
-        for d in &found {
-            crate::kprintln!("pci {d}");
+        if !QUIET.load(core::sync::atomic::Ordering::Relaxed) {
+            for d in &found {
+                crate::kprintln!("pci {d}");
+            }
         }
         found
     })
