@@ -250,11 +250,11 @@ struct Row {
 #[derive(Clone, Copy)]
 enum Target {
     /// ratio <= x
-    AtMost(f64),
+    Below(f64),
     /// ratio >= x
-    AtLeast(f64),
+    Above(f64),
     /// figure - baseline <= x, in the figure's unit
-    AtMostMore(f64),
+    Plus(f64),
 }
 
 const fn row(key: &'static str, baseline: &'static str, target: Option<Target>) -> Row {
@@ -267,19 +267,19 @@ const fn row(key: &'static str, baseline: &'static str, target: Option<Target>) 
 
 /// The table, in order; targets from the benchmark issue.
 const ROWS: [Row; 20] = [
-    row("boot", "boot-exit", Some(Target::AtMostMore(20.0))),
+    row("boot", "boot-exit", Some(Target::Plus(20.0))),
     row("syscall", "host-syscall", None),
-    row("msg64-polled", "thread-pingpong", Some(Target::AtMost(3.0))),
+    row("msg64-polled", "thread-pingpong", Some(Target::Below(3.0))),
     row("msg4k-polled", "thread-pingpong", None),
     row("msg64-doorbell", "unix-rtt", None),
     row("msg4k-doorbell", "unix-rtt", None),
-    row("msg64k-throughput", "memcpy", Some(Target::AtLeast(0.5))),
+    row("msg64k-throughput", "memcpy", Some(Target::Above(0.5))),
     row("memcpy-vm", "memcpy", None),
-    row("lock", "mutex", Some(Target::AtMost(2.0))),
+    row("lock", "mutex", Some(Target::Below(2.0))),
     row("lock-handoff", "mutex-handoff", None),
     row("alloc", "mutex", None),
     row("transfer", "unix-rtt", None),
-    row("doorbell-shmos", "doorbell-bare", Some(Target::AtMost(1.2))),
+    row("doorbell-shmos", "doorbell-bare", Some(Target::Below(1.2))),
     row("hosted/msg64-polled", "thread-pingpong", None),
     row("hosted/msg4k-polled", "thread-pingpong", None),
     row("hosted/msg64k-throughput", "memcpy", None),
@@ -448,9 +448,9 @@ pub fn run(cfg: &BenchConfig, mut progress: impl FnMut(&str)) -> Result<Report> 
         let ratio = figure.median / baseline.median;
         let (target, met) = match r.target {
             None => (None, None),
-            Some(Target::AtMost(t)) => (Some(format!("<= {t}")), Some(ratio <= t)),
-            Some(Target::AtLeast(t)) => (Some(format!(">= {t}")), Some(ratio >= t)),
-            Some(Target::AtMostMore(t)) => (
+            Some(Target::Below(t)) => (Some(format!("<= {t}")), Some(ratio <= t)),
+            Some(Target::Above(t)) => (Some(format!(">= {t}")), Some(ratio >= t)),
+            Some(Target::Plus(t)) => (
                 Some(format!("+{t} {} at most", figure.unit)),
                 Some(figure.median - baseline.median <= t),
             ),
