@@ -180,11 +180,12 @@ fn vm_run(cfg: &BenchConfig) -> Result<BTreeMap<String, f64>> {
         };
         let name = rest.split_whitespace().next().unwrap_or_default();
         if let Some(v) = parse_field(line, "value") {
-            // Streams come in bytes per second; the table shows MB/s.
+            // Streams come in bytes per second, times in picoseconds; the
+            // table shows MB/s and ns.
             let v = if line.contains("unit=B/s") {
                 v / 1e6
             } else {
-                v
+                v / 1e3
             };
             values.insert(name.to_string(), v);
         }
