@@ -63,7 +63,7 @@ fn bench(app: &App) -> Outcome<()> {
     let n = number(app, words.next(), "operations per figure", 1000)?;
     app.ensure(n > 0, format_args!("need at least one operation"))?;
     // SAFETY: the only reference to BUFFERS, taken once; apps are single-threaded.
-    let bufs = unsafe { &mut *(&raw mut BUFFERS) };
+    let bufs = unsafe { &mut *core::ptr::addr_of_mut!(BUFFERS) };
     let chosen: [Option<&str>; 16] = {
         let mut c = [None; 16];
         for (slot, w) in c.iter_mut().zip(words) {

@@ -686,7 +686,7 @@ fn sanity(app: &App, scratch: &Mapping) -> Outcome<()> {
     // A whole MAX_MESSAGE (64 KiB) does not sit on the user stack.
     static mut JUNK: [u8; abi::MAX_MESSAGE] = [0; abi::MAX_MESSAGE];
     // SAFETY: the only reference to JUNK, taken once; apps are single-threaded.
-    let junk = unsafe { &mut *(&raw mut JUNK) };
+    let junk = unsafe { &mut *core::ptr::addr_of_mut!(JUNK) };
     for port in 0..16 {
         loop {
             match sys::msg_recv(port, junk, abi::NO_WAIT) {
