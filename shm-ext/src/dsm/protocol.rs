@@ -520,9 +520,12 @@ impl Engine {
             return Ok(());
         }
         let rec = self.records.entry(page).or_default();
-        // A node faults on a page once at a time: a second request from it
-        // is a duplicate (and would let one node grow the queue unbounded).
-        let dup = rec.active.is_some_and(|a| a.req.requester == from)
+        // A node faults on a page once at a time, but its next request may
+        // overtake the Confirm of its last one: so one queued request per
+        // node besides its running transaction, and no repeated txn.
+        let dup = rec
+            .active
+            .is_some_and(|a| a.req.requester == from && a.req.txn == msg.txn)
             || rec.queue.iter().any(|q| q.requester == from);
         if dup {
             return Err(unexpected("second request from a node for one page"));
