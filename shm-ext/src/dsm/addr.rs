@@ -40,7 +40,7 @@ pub struct GlobalAddr(pub u128);
 impl GlobalAddr {
     /// True if the address is the first byte of a page.
     pub const fn is_page_aligned(self) -> bool {
-        self.0 % PAGE_SIZE == 0
+        self.0.is_multiple_of(PAGE_SIZE)
     }
 
     /// The page holding this address.
@@ -94,7 +94,7 @@ impl GlobalRange {
     /// The range of `len` bytes at `start`; both whole pages, `len > 0`,
     /// not past the end of the space.
     pub fn new(start: GlobalAddr, len: u128) -> Result<Self, DsmError> {
-        if !start.is_page_aligned() || len == 0 || len % PAGE_SIZE != 0 {
+        if !start.is_page_aligned() || len == 0 || !len.is_multiple_of(PAGE_SIZE) {
             return Err(DsmError::Unaligned);
         }
         let last = start.0.checked_add(len - 1).ok_or(DsmError::OutOfRange)?;
@@ -204,7 +204,7 @@ impl AddressGenerator {
 
     /// A fresh range of `len` bytes (a whole number of pages, > 0).
     pub fn allocate(&mut self, len: u128) -> Result<GlobalRange, DsmError> {
-        if len == 0 || len % PAGE_SIZE != 0 {
+        if len == 0 || !len.is_multiple_of(PAGE_SIZE) {
             return Err(DsmError::Unaligned);
         }
         let last = self.next.checked_add(len - 1).ok_or(DsmError::Exhausted)?;

@@ -476,7 +476,7 @@ impl Engine {
                 }
                 match msg.kind {
                     Kind::ForwardRead => self.on_forward_read(msg, out),
-                    Kind::ForwardWrite => self.on_forward_write(from, msg, out),
+                    Kind::ForwardWrite => self.on_forward_write(msg, out),
                     Kind::Invalidate => {
                         self.drop_copy(msg.page, false, out);
                         let ack =
@@ -708,7 +708,6 @@ impl Engine {
 
     fn on_forward_write(
         &mut self,
-        from: u16,
         msg: Message,
         out: &mut Vec<Action>,
     ) -> Result<(), DsmError> {
@@ -736,7 +735,6 @@ impl Engine {
             });
             let confirm = Message::new(Kind::Confirm, self.me, msg.txn, page);
             self.send(p.responsible, confirm, out);
-            let _ = from;
             return Ok(());
         }
         let Some(e) = self.cache.remove(page) else {
