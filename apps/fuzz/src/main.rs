@@ -398,6 +398,9 @@ impl Fuzzer {
                 (a[0], a[1], a[2], a[3]) =
                     (self.small(20), self.out_ptr(), self.len(), self.timeout())
             }
+            // Fresh ranges stay small; garbage addresses for the rest.
+            Call::DsmAlloc => (a[0], a[1]) = (self.small(3) * PAGE, self.out_ptr()),
+            Call::DsmMap | Call::DsmUnmap | Call::DsmFree => {}
             Call::Yield | Call::Clock | Call::NodeId | Call::Nodes => {}
         }
         a

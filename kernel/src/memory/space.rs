@@ -458,6 +458,45 @@ impl AddressSpace {
         Some(len)
     }
 
+    /// Points the 4 KiB page at `va` (in a range from [`reserve`](Self::reserve))
+    /// at frame `phys`, which the space does not own (a DSM page's frame
+    /// in the kernel heap), read-only or writable, never executable;
+    /// replaces whatever was there. For the DSM's Map action.
+    pub fn set_foreign_page(&mut self, va: u64, phys: u64, writable: bool) -> Result<(), MapError> {
+        user_range(va, FRAME_SIZE)?;
+        if !phys.is_multiple_of(FRAME_SIZE) {
+            return Err(MapError::OutOfRange);
+        }
+        let entry = self.leaf(va, true)?;
+        // SAFETY: `leaf` returned an entry of this space's own tables.
+        let entry = unsafe { &mut *entry };
+        if entry.flags().contains(OWNED) {
+            // Never drop a frame the space owns on the floor.
+            return Err(MapError::AlreadyMapped);
+        }
+        let mut flags = Flags::PRESENT | Flags::USER_ACCESSIBLE | Flags::NO_EXECUTE;
+        if writable {
+            flags |= Flags::WRITABLE;
+        }
+        entry.set_frame(PhysFrame::containing_address(PhysAddr::new(phys)), flags);
+        self.flush(va);
+        Ok(())
+    }
+
+    /// Removes the mapping of the 4 KiB page at `va` set by
+    /// [`set_foreign_page`](Self::set_foreign_page), if any.
+    pub fn clear_foreign_page(&mut self, va: u64) {
+        let Ok(entry) = self.leaf(va, false) else {
+            return;
+        };
+        // SAFETY: `leaf` returned an entry of this space's own tables.
+        let entry = unsafe { &mut *entry };
+        if !entry.is_unused() && !entry.flags().contains(OWNED) {
+            entry.set_unused();
+            self.flush(va);
+        }
+    }
+
     /// Frees every table of the user half and every owned frame.
     fn tear_down(&mut self) {
         let free_frame = |e: &PageTableEntry| {
