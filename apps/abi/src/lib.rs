@@ -49,6 +49,7 @@
 //! | 41 | `dsm_map` | gaddr_lo, gaddr_hi, len, flags ([`MAP_WRITABLE`]) | user address of the mapping (pages fault in coherently) |
 //! | 42 | `dsm_unmap` | addr (from `dsm_map`) | 0 |
 //! | 43 | `dsm_free` | gaddr_lo, gaddr_hi, len (the whole range, on the node that allocated it) | 0 |
+//! | 44 | `dsm_stat` | gaddr_lo, gaddr_hi, out_ptr ([`DsmStat`]) | 0; the page's directory entry and what this node knows of it |
 //!
 //! DSM global addresses are 128-bit: calls take them as two `u64` halves
 //! (low, high) and `dsm_alloc` returns one through a 16-byte out pointer.
@@ -160,11 +161,13 @@ pub enum Call {
     DsmUnmap = 42,
     /// Frees a DSM range.
     DsmFree = 43,
+    /// Reports a DSM page's directory entry and coherence state.
+    DsmStat = 44,
 }
 
 impl Call {
     /// Every call, in number order.
-    pub const ALL: [Call; 36] = [
+    pub const ALL: [Call; 37] = [
         Call::Exit,
         Call::Write,
         Call::Yield,
@@ -201,6 +204,7 @@ impl Call {
         Call::DsmMap,
         Call::DsmUnmap,
         Call::DsmFree,
+        Call::DsmStat,
     ];
 
     /// The call with number `n`, if there is one.
@@ -242,6 +246,7 @@ impl Call {
             41 => Call::DsmMap,
             42 => Call::DsmUnmap,
             43 => Call::DsmFree,
+            44 => Call::DsmStat,
             _ => return None,
         })
     }
@@ -290,6 +295,7 @@ impl Call {
             Call::DsmMap => "dsm_map",
             Call::DsmUnmap => "dsm_unmap",
             Call::DsmFree => "dsm_free",
+            Call::DsmStat => "dsm_stat",
         }
     }
 }
@@ -456,6 +462,35 @@ pub struct LockMapping {
     pub process: u32,
     /// Always 0.
     pub reserved: u32,
+}
+
+/// What `dsm_stat` writes at `out_ptr`: the directory entry of the range
+/// holding a DSM page, and the page's state as this node knows it.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DsmStat {
+    /// First global address of the range (low, high halves).
+    pub first: [u64; 2],
+    /// Last global address of the range, inclusive (low, high halves).
+    pub last: [u64; 2],
+    /// The range's responsible node, from its directory entry.
+    pub responsible: u64,
+    /// FNV-1a 64 of the directory entry's fields (first, last, child,
+    /// responsible): equal as long as the entry did not change.
+    pub entry_sum: u64,
+    /// This node's rights on the page: 0 none, 1 read, 2 read-write.
+    pub rights: u64,
+    /// 1 if this node owns the page (serves its copies).
+    pub owner: u64,
+    /// This node's copy's version tag (0 without a copy).
+    pub version: u64,
+    /// On the responsible node: the owner (`u64::MAX` for none, or on
+    /// other nodes: unknown).
+    pub managed_owner: u64,
+    /// On the responsible node: the copyset (bit N = node N), else 0.
+    pub managed_copyset: u64,
+    /// On the responsible node: the version tag, else 0.
+    pub managed_version: u64,
 }
 
 /// What `pool_stat` writes at `out_ptr`.

@@ -401,6 +401,7 @@ impl Fuzzer {
             // Fresh ranges stay small; garbage addresses for the rest.
             Call::DsmAlloc => (a[0], a[1]) = (self.small(3) * PAGE, self.out_ptr()),
             Call::DsmMap | Call::DsmUnmap | Call::DsmFree => {}
+            Call::DsmStat => a[2] = self.out_ptr(),
             Call::Yield | Call::Clock | Call::NodeId | Call::Nodes => {}
         }
         a

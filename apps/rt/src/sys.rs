@@ -291,3 +291,20 @@ pub fn dsm_free(gaddr: u128, len: u64) -> Result<(), Error> {
         [gaddr as u64, (gaddr >> 64) as u64, len, 0, 0, 0],
     ))
 }
+
+/// The directory entry and coherence state of the DSM page at `gaddr`.
+pub fn dsm_stat(gaddr: u128) -> Result<shmos_abi::DsmStat, Error> {
+    let mut out = shmos_abi::DsmStat::default();
+    call(
+        Call::DsmStat,
+        [
+            gaddr as u64,
+            (gaddr >> 64) as u64,
+            &mut out as *mut _ as u64,
+            0,
+            0,
+            0,
+        ],
+    )?;
+    Ok(out)
+}

@@ -1,4 +1,4 @@
-//! Calls 40-43: the distributed shared virtual memory (see `crate::dsm`).
+//! Calls 40-44: the distributed shared virtual memory (see `crate::dsm`).
 //!
 //! Global addresses come in as two u64 halves (low, high) and go out
 //! through a 16-byte little-endian out pointer. Every directory access
@@ -12,7 +12,8 @@ use crate::task;
 use crate::user;
 use shm_ext::dsm::directory;
 use shm_ext::dsm::{DsmError, GlobalAddr, GlobalRange};
-use shmos_abi::{Error, MAP_FLAGS, MAP_WRITABLE};
+use shm_ext::dsm::Rights;
+use shmos_abi::{DsmStat, Error, MAP_FLAGS, MAP_WRITABLE};
 
 /// Damage reports printed so far (bounded, as for the extension layer).
 static DAMAGE_REPORTS: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(0);
@@ -172,4 +173,62 @@ pub fn dsm_free(a: &Args) -> SysResult {
         }
     });
     result.map(|()| 0)
+}
+
+fn halves(g: GlobalAddr) -> [u64; 2] {
+    [g.0 as u64, (g.0 >> 64) as u64]
+}
+
+/// FNV-1a 64 over a directory entry's fields.
+fn entry_sum(e: &directory::DirEntry) -> u64 {
+    let mut bytes = [0u8; 50];
+    bytes[..16].copy_from_slice(&e.first.0.to_le_bytes());
+    bytes[16..32].copy_from_slice(&e.last.0.to_le_bytes());
+    bytes[32..48].copy_from_slice(&e.child.0.to_le_bytes());
+    bytes[48..].copy_from_slice(&e.responsible.to_le_bytes());
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// `dsm_stat(gaddr_lo, gaddr_hi, out_ptr)`: writes a `DsmStat` for the
+/// page holding `gaddr` (for tests and inspection).
+pub fn dsm_stat(a: &Args) -> SysResult {
+    let addr = gaddr(a, 0);
+    user::check(a.get(2), size_of::<DsmStat>(), true)?;
+    ready()?;
+    if addr.in_directory_space() {
+        return Err(Error::NotFound);
+    }
+    let e = {
+        let _guard = kdir::lock().map_err(dsm_error)?;
+        directory::lookup(&mut KernelDirectory, addr).map_err(dsm_error)?
+    };
+    let page = addr.page();
+    let mut out = DsmStat {
+        first: halves(e.first),
+        last: halves(e.last),
+        responsible: u64::from(e.responsible),
+        entry_sum: entry_sum(&e),
+        managed_owner: u64::MAX,
+        ..DsmStat::default()
+    };
+    dsm::with(|d| {
+        if let Some(c) = d.engine.cache().get(page) {
+            out.rights = match c.rights {
+                Rights::None => 0,
+                Rights::Read => 1,
+                Rights::Write => 2,
+            };
+            out.owner = u64::from(c.owner);
+            out.version = c.version;
+        }
+        if let Some(s) = d.engine.page_state(page) {
+            out.managed_owner = s.owner.map_or(u64::MAX, u64::from);
+            out.managed_copyset = s.copyset.0;
+            out.managed_version = s.version;
+        }
+    });
+    user::write_value(a.get(2), &out)?;
+    Ok(0)
 }

@@ -18,7 +18,7 @@
 //!   barrier, args).
 //! - [`shm`]: calls 10-35 (pools, regions, locks, signals, messages); they
 //!   return `Unsupported` until wired to shm-ext.
-//! - [`dsm`]: calls 40-43 (the distributed shared virtual memory).
+//! - [`dsm`]: calls 40-44 (the distributed shared virtual memory).
 
 pub mod basic;
 pub mod dsm;
@@ -121,6 +121,7 @@ pub fn handle(call: Call, a: &Args) -> SysResult {
         Call::DsmMap => dsm::dsm_map(a),
         Call::DsmUnmap => dsm::dsm_unmap(a),
         Call::DsmFree => dsm::dsm_free(a),
+        Call::DsmStat => dsm::dsm_stat(a),
     }
 }
 
