@@ -51,6 +51,9 @@
 //! | 43 | `dsm_free` | gaddr_lo, gaddr_hi, len (the whole range, on the node that allocated it) | 0 |
 //! | 44 | `dsm_stat` | gaddr_lo, gaddr_hi, out_ptr ([`DsmStat`]) | 0; the page's directory entry and what this node knows of it |
 //!
+//! Port 15 is the kernel's DSM port: message calls on it are
+//! `PermissionDenied`.
+//!
 //! DSM global addresses are 128-bit: calls take them as two `u64` halves
 //! (low, high) and `dsm_alloc` returns one through a 16-byte out pointer.
 //! Their errors: no allocated range there `NotFound`, an address or length

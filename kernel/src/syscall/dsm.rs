@@ -232,3 +232,18 @@ pub fn dsm_stat(a: &Args) -> SysResult {
     user::write_value(a.get(2), &out)?;
     Ok(0)
 }
+
+crate::kernel_test!(
+    fn syscall_dsm_errors_map_to_named_abi_errors() {
+        assert_eq!(dsm_error(DsmError::NotAllocated), Error::NotFound);
+        assert_eq!(dsm_error(DsmError::Unaligned), Error::InvalidArgument);
+        assert_eq!(dsm_error(DsmError::Unowned), Error::NotFound);
+        assert_eq!(dsm_error(DsmError::CorruptDirectory { what: "t" }), Error::Corrupt);
+        assert_eq!(dsm_error(DsmError::Busy), Error::Busy);
+        // Without a cluster (the test VM) every DSM call is refused by name.
+        let a = Args([4096, 0x1000, 4096, 1, 0, 0]);
+        for call in [dsm_alloc, dsm_map, dsm_unmap, dsm_free, dsm_stat] {
+            assert!(call(&a).is_err());
+        }
+    }
+);
