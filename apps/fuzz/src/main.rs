@@ -398,8 +398,12 @@ impl Fuzzer {
                 (a[0], a[1], a[2], a[3]) =
                     (self.small(20), self.out_ptr(), self.len(), self.timeout())
             }
-            // Fresh ranges stay small; garbage addresses for the rest.
-            Call::DsmAlloc => (a[0], a[1]) = (self.small(3) * PAGE, self.out_ptr()),
+            // Never a whole number of pages: the DSM's directory and
+            // coherence traffic shares the nodes' message queues, which the
+            // junk this app sends to unread ports fills up (back-pressure),
+            // so a real allocation would wait for the end-of-run drain.
+            // dsm-bench's `hostile` mode covers the DSM calls' refusals.
+            Call::DsmAlloc => (a[0], a[1]) = (self.scalar() | 1, self.out_ptr()),
             Call::DsmMap | Call::DsmUnmap | Call::DsmFree => {}
             Call::DsmStat => a[2] = self.out_ptr(),
             Call::Yield | Call::Clock | Call::NodeId | Call::Nodes => {}
