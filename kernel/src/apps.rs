@@ -98,9 +98,15 @@ pub fn run(args: &Args, node: Option<&'static Node>) -> bool {
         pids.iter()
             .all(|(pid, _)| task::exit_status(*pid).is_some())
     };
+    // This task also serves other nodes' DSM requests while the apps run
+    // (woken by DSM messages), so a node whose apps do not fault answers.
+    let events = Events::TASK_EXIT | crate::dsm::wait_events();
     while !all_done() {
         let deadline = crate::time::now_ns() + POLL_NS;
-        let _ = task::wait_event(Events::TASK_EXIT, Some(deadline), all_done);
+        let _ = task::wait_event(events, Some(deadline), || {
+            crate::dsm::pump();
+            all_done()
+        });
         if let Some(node) = node {
             node.poll();
         }

@@ -4,7 +4,8 @@
 //! -> [`boot::kernel_entry`] -> [`kernel_main`].
 //! Layout: `arch/` (CPU tables, interrupts, syscall entry, APIC, fault
 //! fixups), `memory/` (frames, paging, heap, address spaces), `drivers/`
-//! (serial, ivshmem), `cluster/` (membership), `task/` (tasks, scheduler,
+//! (serial, ivshmem), `cluster/` (membership), `dsm/` (the DSM engine's
+//! kernel glue: transport, faults, directory), `task/` (tasks, scheduler,
 //! waiting), `loader/` (ELF), `syscall/` (dispatch), `user/` (user memory),
 //! `apps` (the embedded apps), `time` (clock), `testing` (the in-kernel test
 //! harness).
@@ -22,6 +23,7 @@ mod cluster;
 mod cmdline;
 mod console;
 mod drivers;
+mod dsm;
 mod loader;
 mod memory;
 mod pci;
@@ -85,6 +87,9 @@ fn run_node(args: &cmdline::Args) -> bool {
         return node.is_none_or(|node| cluster::smoke::run(node, args));
     }
     syscall::basic::set_node(args.node, node);
+    if let Some(node) = node {
+        dsm::init(node);
+    }
     if let (Some(node), Some(n)) = (node, args.cluster_wait_live) {
         // Apps that talk to other nodes expect them to be there. Seeing n
         // live is not enough: a node whose app ends at once could leave

@@ -19,6 +19,8 @@
 //! - [`platform`]: the `Doorbell` trait the kernel implements.
 //! - [`error`]: `ShmError` and its numeric codes.
 //! - `host` (feature `std`): a shared file mapping as a region.
+//! - [`dsm`] (feature `alloc`): the distributed shared virtual memory's
+//!   protocol core: global addresses, directory pages, per-node engine.
 //!
 //! The shared memory is untrusted input: any node may be buggy. Every
 //! offset, length and count read from it is checked before use, and nothing
@@ -26,7 +28,14 @@
 #![cfg_attr(not(feature = "std"), no_std)]
 #![deny(unsafe_code)]
 
+// The DSM engine's tables need a heap; the rest of the crate does not, so
+// user-space runtimes without an allocator can still link it.
+#[cfg(feature = "alloc")]
+extern crate alloc;
+
 pub mod barrier;
+#[cfg(feature = "alloc")]
+pub mod dsm;
 pub mod error;
 pub mod format;
 #[cfg(feature = "std")]

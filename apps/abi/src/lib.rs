@@ -45,6 +45,22 @@
 //! | 33 | `msg_send` | node, port, ptr, len (<= [`MAX_MESSAGE`]) | 0 |
 //! | 34 | `msg_send_all` | port, ptr, len | the nodes sent to (bitmap; all or none) |
 //! | 35 | `msg_recv` | port, buf_ptr, buf_len, timeout_ns | [`RecvInfo`] packed: length, sender node |
+//! | 40 | `dsm_alloc` | len (whole 4 KiB pages, > 0), out_ptr (16 bytes) | 0; writes the range's 128-bit global address (little-endian) |
+//! | 41 | `dsm_map` | gaddr_lo, gaddr_hi, len, flags ([`MAP_WRITABLE`]) | user address of the mapping (pages fault in coherently) |
+//! | 42 | `dsm_unmap` | addr (from `dsm_map`) | 0 |
+//! | 43 | `dsm_free` | gaddr_lo, gaddr_hi, len (the whole range, on the node that allocated it) | 0 |
+//! | 44 | `dsm_stat` | gaddr_lo, gaddr_hi, out_ptr ([`DsmStat`]) | 0; the page's directory entry and what this node knows of it |
+//!
+//! Port 15 is the kernel's DSM port: message calls on it are
+//! `PermissionDenied`.
+//!
+//! DSM global addresses are 128-bit: calls take them as two `u64` halves
+//! (low, high) and `dsm_alloc` returns one through a 16-byte out pointer.
+//! Their errors: no allocated range there `NotFound`, an address or length
+//! not a whole number of pages `InvalidArgument`, a range whose directory
+//! entry names no node `NotFound`, a damaged directory page `Corrupt`, a
+//! coherence transaction under way `Busy`. A DSM page may be passed to no
+//! other call as a buffer (the kernel does not fault it in: `BadAddress`).
 //!
 //! Timeouts are in nanoseconds: [`NO_WAIT`] (0) tries once, [`FOREVER`]
 //! waits without limit. Node sets are `u64` bitmaps (bit N = node N).
@@ -140,11 +156,21 @@ pub enum Call {
     MsgSendAll = 34,
     /// Receives a message from a port.
     MsgRecv = 35,
+    /// Allocates a range of the DSM global address space.
+    DsmAlloc = 40,
+    /// Maps a DSM range into the caller.
+    DsmMap = 41,
+    /// Unmaps a mapping made by `dsm_map`.
+    DsmUnmap = 42,
+    /// Frees a DSM range.
+    DsmFree = 43,
+    /// Reports a DSM page's directory entry and coherence state.
+    DsmStat = 44,
 }
 
 impl Call {
     /// Every call, in number order.
-    pub const ALL: [Call; 32] = [
+    pub const ALL: [Call; 37] = [
         Call::Exit,
         Call::Write,
         Call::Yield,
@@ -177,6 +203,11 @@ impl Call {
         Call::MsgSend,
         Call::MsgSendAll,
         Call::MsgRecv,
+        Call::DsmAlloc,
+        Call::DsmMap,
+        Call::DsmUnmap,
+        Call::DsmFree,
+        Call::DsmStat,
     ];
 
     /// The call with number `n`, if there is one.
@@ -214,6 +245,11 @@ impl Call {
             33 => Call::MsgSend,
             34 => Call::MsgSendAll,
             35 => Call::MsgRecv,
+            40 => Call::DsmAlloc,
+            41 => Call::DsmMap,
+            42 => Call::DsmUnmap,
+            43 => Call::DsmFree,
+            44 => Call::DsmStat,
             _ => return None,
         })
     }
@@ -258,6 +294,11 @@ impl Call {
             Call::MsgSend => "msg_send",
             Call::MsgSendAll => "msg_send_all",
             Call::MsgRecv => "msg_recv",
+            Call::DsmAlloc => "dsm_alloc",
+            Call::DsmMap => "dsm_map",
+            Call::DsmUnmap => "dsm_unmap",
+            Call::DsmFree => "dsm_free",
+            Call::DsmStat => "dsm_stat",
         }
     }
 }
@@ -425,6 +466,35 @@ pub struct LockMapping {
     pub process: u32,
     /// Always 0.
     pub reserved: u32,
+}
+
+/// What `dsm_stat` writes at `out_ptr`: the directory entry of the range
+/// holding a DSM page, and the page's state as this node knows it.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DsmStat {
+    /// First global address of the range (low, high halves).
+    pub first: [u64; 2],
+    /// Last global address of the range, inclusive (low, high halves).
+    pub last: [u64; 2],
+    /// The range's responsible node, from its directory entry.
+    pub responsible: u64,
+    /// FNV-1a 64 of the directory entry's fields (first, last, child,
+    /// responsible): equal as long as the entry did not change.
+    pub entry_sum: u64,
+    /// This node's rights on the page: 0 none, 1 read, 2 read-write.
+    pub rights: u64,
+    /// 1 if this node owns the page (serves its copies).
+    pub owner: u64,
+    /// This node's copy's version tag (0 without a copy).
+    pub version: u64,
+    /// On the responsible node: the owner (`u64::MAX` for none, or on
+    /// other nodes: unknown).
+    pub managed_owner: u64,
+    /// On the responsible node: the copyset (bit N = node N), else 0.
+    pub managed_copyset: u64,
+    /// On the responsible node: the version tag, else 0.
+    pub managed_version: u64,
 }
 
 /// What `pool_stat` writes at `out_ptr`.

@@ -446,3 +446,88 @@ pub fn checksum(words: impl Iterator<Item = u64>) -> u64 {
         (h ^ w).wrapping_mul(0x0000_0100_0000_01b3)
     })
 }
+
+/// A DSM range mapped into this app (`dsm_map`), seen as u64 words. Plain
+/// loads and stores: the kernel keeps them coherent across nodes by page
+/// faults.
+#[derive(Debug)]
+pub struct DsmMapping {
+    addr: *mut u64,
+    words: usize,
+}
+
+impl DsmMapping {
+    /// Maps `len` bytes of the DSM range at global address `gaddr`.
+    pub fn map(gaddr: u128, len: u64, writable: bool) -> Result<DsmMapping, Error> {
+        let addr = sys::dsm_map(gaddr, len, writable)?;
+        Ok(DsmMapping {
+            addr: addr.cast(),
+            words: (len / 8) as usize,
+        })
+    }
+
+    /// Word `i`.
+    pub fn get(&self, i: usize) -> u64 {
+        assert!(i < self.words, "word {i} of a {}-word mapping", self.words);
+        // SAFETY: the kernel reserved `words` words at `addr` (page-aligned)
+        // for this mapping until `unmap` (which consumes self); an access
+        // faults the page in. Volatile: other nodes change the words.
+        unsafe { self.addr.add(i).read_volatile() }
+    }
+
+    /// Writes word `i` (the mapping must be writable, or the app is killed).
+    pub fn set(&self, i: usize, v: u64) {
+        assert!(i < self.words, "word {i} of a {}-word mapping", self.words);
+        // SAFETY: as in `get`; no Rust reference points into the mapping.
+        unsafe { self.addr.add(i).write_volatile(v) }
+    }
+
+    /// Words in the mapping.
+    pub fn len(&self) -> usize {
+        self.words
+    }
+
+    /// Whether the mapping has no words.
+    pub fn is_empty(&self) -> bool {
+        self.words == 0
+    }
+
+    /// Unmaps it.
+    pub fn unmap(self) -> Result<(), Error> {
+        let addr = self.addr;
+        core::mem::forget(self);
+        sys::dsm_unmap(addr.cast())
+    }
+}
+
+impl Drop for DsmMapping {
+    /// A mapping dropped on a failure path: the app is ending anyway.
+    fn drop(&mut self) {
+        let _ = sys::dsm_unmap(self.addr.cast());
+    }
+}
+
+/// Node 0 allocates `len` bytes of DSM and sends the global address to the
+/// other nodes of `nodes` on `port` (tagged `magic`); the others receive
+/// it. Returns the address on every node.
+pub fn share_dsm_range(app: &App, nodes: u64, port: u32, magic: u64, len: u64) -> Outcome<u128> {
+    if app.node == 0 {
+        let g = sys::dsm_alloc(len).or_fail(app, "dsm_alloc")?;
+        for n in nodes_of(nodes).filter(|&n| n != 0) {
+            send_words(app, n, port, &[magic, g as u64, (g >> 64) as u64])?;
+        }
+        Ok(g)
+    } else {
+        let mut msg = [0u64; 3];
+        let got = recv_words(app, port, &mut msg, PATIENCE_NS)?;
+        app.ensure(
+            got.sender == 0 && got.words == 3 && msg[0] == magic,
+            format_args!(
+                "unexpected setup message {:?} from node {}",
+                &msg[..got.words],
+                got.sender
+            ),
+        )?;
+        Ok(u128::from(msg[1]) | u128::from(msg[2]) << 64)
+    }
+}

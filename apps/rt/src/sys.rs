@@ -254,3 +254,57 @@ pub fn msg_recv(port: u32, buf: &mut [u8], timeout_ns: u64) -> Result<RecvInfo, 
     )
     .map(RecvInfo::unpack)
 }
+
+/// Allocates `len` bytes (whole pages) of the DSM global space; returns the
+/// range's 128-bit global address.
+pub fn dsm_alloc(len: u64) -> Result<u128, Error> {
+    let mut out = [0u8; 16];
+    call(
+        Call::DsmAlloc,
+        [len, out.as_mut_ptr() as u64, 0, 0, 0, 0],
+    )?;
+    Ok(u128::from_le_bytes(out))
+}
+
+/// Maps `len` bytes of the DSM range at global address `gaddr` into the
+/// caller (read-write if `writable`); returns where. Loads and stores on
+/// it are kept coherent across nodes by page faults.
+pub fn dsm_map(gaddr: u128, len: u64, writable: bool) -> Result<*mut u8, Error> {
+    let flags = if writable { shmos_abi::MAP_WRITABLE } else { 0 };
+    call(
+        Call::DsmMap,
+        [gaddr as u64, (gaddr >> 64) as u64, len, flags, 0, 0],
+    )
+    .map(|a| a as *mut u8)
+}
+
+/// Unmaps a mapping `dsm_map` returned.
+pub fn dsm_unmap(addr: *mut u8) -> Result<(), Error> {
+    unit(call(Call::DsmUnmap, [addr as u64, 0, 0, 0, 0, 0]))
+}
+
+/// Frees the DSM range at `gaddr` of `len` bytes (on the node that
+/// allocated it).
+pub fn dsm_free(gaddr: u128, len: u64) -> Result<(), Error> {
+    unit(call(
+        Call::DsmFree,
+        [gaddr as u64, (gaddr >> 64) as u64, len, 0, 0, 0],
+    ))
+}
+
+/// The directory entry and coherence state of the DSM page at `gaddr`.
+pub fn dsm_stat(gaddr: u128) -> Result<shmos_abi::DsmStat, Error> {
+    let mut out = shmos_abi::DsmStat::default();
+    call(
+        Call::DsmStat,
+        [
+            gaddr as u64,
+            (gaddr >> 64) as u64,
+            &mut out as *mut _ as u64,
+            0,
+            0,
+            0,
+        ],
+    )?;
+    Ok(out)
+}

@@ -248,6 +248,11 @@ pub fn handle_exception(frame: &mut TrapFrame) {
         super::syscall::dispatch_from_fetch_fault(frame);
         return;
     }
+    // A load or store in a DSM window: the engine brings the page, then the
+    // instruction runs again.
+    if frame.is_from_user() && frame.vector == 14 && crate::dsm::fault::user_fault(cr2, frame.error_code) {
+        return;
+    }
     // NMI and machine checks are the machine's, not the app's.
     if frame.is_from_user() && !matches!(frame.vector, 2 | 18) {
         crate::task::kill_current(&ExceptionReport::new(frame, cr2));

@@ -458,6 +458,45 @@ impl AddressSpace {
         Some(len)
     }
 
+    /// Points the 4 KiB page at `va` (in a range from [`reserve`](Self::reserve))
+    /// at frame `phys`, which the space does not own (a DSM page's frame
+    /// in the kernel heap), read-only or writable, never executable;
+    /// replaces whatever was there. For the DSM's Map action.
+    pub fn set_foreign_page(&mut self, va: u64, phys: u64, writable: bool) -> Result<(), MapError> {
+        user_range(va, FRAME_SIZE)?;
+        if !phys.is_multiple_of(FRAME_SIZE) {
+            return Err(MapError::OutOfRange);
+        }
+        let entry = self.leaf(va, true)?;
+        // SAFETY: `leaf` returned an entry of this space's own tables.
+        let entry = unsafe { &mut *entry };
+        if entry.flags().contains(OWNED) {
+            // Never drop a frame the space owns on the floor.
+            return Err(MapError::AlreadyMapped);
+        }
+        let mut flags = Flags::PRESENT | Flags::USER_ACCESSIBLE | Flags::NO_EXECUTE;
+        if writable {
+            flags |= Flags::WRITABLE;
+        }
+        entry.set_frame(PhysFrame::containing_address(PhysAddr::new(phys)), flags);
+        self.flush(va);
+        Ok(())
+    }
+
+    /// Removes the mapping of the 4 KiB page at `va` set by
+    /// [`set_foreign_page`](Self::set_foreign_page), if any.
+    pub fn clear_foreign_page(&mut self, va: u64) {
+        let Ok(entry) = self.leaf(va, false) else {
+            return;
+        };
+        // SAFETY: `leaf` returned an entry of this space's own tables.
+        let entry = unsafe { &mut *entry };
+        if !entry.is_unused() && !entry.flags().contains(OWNED) {
+            entry.set_unused();
+            self.flush(va);
+        }
+    }
+
     /// Frees every table of the user half and every owned frame.
     fn tear_down(&mut self) {
         let free_frame = |e: &PageTableEntry| {
@@ -699,5 +738,34 @@ crate::kernel_test!(
         drop(space);
         assert!(frames::free_frames() > before, "tables freed");
         frames::free(frame); // still ours: a double free would panic
+    }
+);
+
+crate::kernel_test!(
+    fn space_foreign_pages_map_replace_clear_and_are_never_freed() {
+        let mut space = AddressSpace::new().unwrap();
+        let va = space.reserve(2 * FRAME_SIZE, FRAME_SIZE).expect("window");
+        let (a, b) = (frames::alloc_zeroed().unwrap(), frames::alloc_zeroed().unwrap());
+        let pa = a.start_address().as_u64();
+        space.set_foreign_page(va, pa, false).unwrap();
+        assert!(space.is_user_accessible(va, FRAME_SIZE, false));
+        assert!(!space.is_user_accessible(va, FRAME_SIZE, true), "read-only");
+        // A Map action replaces the mapping (upgrade, or a new frame).
+        let pb = b.start_address().as_u64();
+        space.set_foreign_page(va, pb, true).unwrap();
+        assert_eq!(space.translate(va).map(|t| t.0), Some(pb));
+        assert!(space.is_user_accessible(va, FRAME_SIZE, true));
+        assert!(!space.translate(va).unwrap().1.contains(OWNED));
+        space.clear_foreign_page(va);
+        assert_eq!(space.translate(va), None);
+        space.clear_foreign_page(va + FRAME_SIZE); // nothing there: no-op
+        // An owned page is never replaced by a foreign one.
+        space.map_anonymous(USER_BASE, FRAME_SIZE, Flags::WRITABLE).unwrap();
+        assert_eq!(space.set_foreign_page(USER_BASE, pa, true), Err(MapError::AlreadyMapped));
+        space.set_foreign_page(va, pa, true).unwrap();
+        drop(space);
+        // The space did not free the foreign frames: they are still ours.
+        frames::free(a);
+        frames::free(b);
     }
 );

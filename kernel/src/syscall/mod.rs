@@ -18,8 +18,10 @@
 //!   barrier, args).
 //! - [`shm`]: calls 10-35 (pools, regions, locks, signals, messages); they
 //!   return `Unsupported` until wired to shm-ext.
+//! - [`dsm`]: calls 40-44 (the distributed shared virtual memory).
 
 pub mod basic;
+pub mod dsm;
 pub mod shm;
 
 use crate::arch::syscall::{SyscallFrame, is_canonical, sanitize_user_rflags};
@@ -115,6 +117,11 @@ pub fn handle(call: Call, a: &Args) -> SysResult {
         Call::MsgSend => shm::msg_send(a),
         Call::MsgSendAll => shm::msg_send_all(a),
         Call::MsgRecv => shm::msg_recv(a),
+        Call::DsmAlloc => dsm::dsm_alloc(a),
+        Call::DsmMap => dsm::dsm_map(a),
+        Call::DsmUnmap => dsm::dsm_unmap(a),
+        Call::DsmFree => dsm::dsm_free(a),
+        Call::DsmStat => dsm::dsm_stat(a),
     }
 }
 

@@ -421,8 +421,14 @@ pub fn signal_wait(a: &Args) -> SysResult {
     Ok(bits)
 }
 
+/// A port number from an app; the kernel's DSM port is not the apps' (an
+/// app taking its messages would stall every node's page faults).
 fn port(raw: u64) -> Result<u32, Error> {
-    u32::try_from(raw).map_err(|_| Error::InvalidArgument)
+    match u32::try_from(raw) {
+        Ok(shm_ext::dsm::DSM_PORT) => Err(Error::PermissionDenied),
+        Ok(p) => Ok(p),
+        Err(_) => Err(Error::InvalidArgument),
+    }
 }
 
 /// Copies the caller's message at `ptr` into `buf`; returns its bytes.

@@ -327,6 +327,11 @@ pub fn current() -> Arc<Task> {
         .clone()
 }
 
+/// Task `pid`, while it is known to the scheduler (not yet reaped).
+pub fn find(pid: Pid) -> Option<Arc<Task>> {
+    SCHED.lock().tasks.get(&pid).map(|e| e.task.clone())
+}
+
 /// How task `pid` ended, once it has.
 pub fn exit_status(pid: Pid) -> Option<ExitStatus> {
     SCHED.lock().finished.get(&pid).copied()
@@ -384,6 +389,7 @@ pub fn kill_current(why: &dyn fmt::Display) -> ! {
 fn end_current(status: ExitStatus, how: fmt::Arguments<'_>) -> ! {
     let me = current();
     me.shm.lock().release(me.pid);
+    crate::dsm::process_exited(me.pid);
     let kind = if me.is_user() { "app" } else { "task" };
     crate::kprintln!("{kind} {} (pid {}) {how}", me.name, me.pid);
     interrupts::disable();

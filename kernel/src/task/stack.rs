@@ -13,8 +13,10 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use x86_64::VirtAddr;
 use x86_64::structures::paging::{Page, PageTableFlags as Flags};
 
-/// Bytes of each kernel stack.
-pub const STACK_SIZE: u64 = 32 * 1024;
+/// Bytes of each kernel stack. 64 KiB: a DSM directory update (shm-ext's
+/// linker keeps whole 4 KiB page images in its frames) nested in a fault
+/// wait needs more than 32 KiB.
+pub const STACK_SIZE: u64 = 64 * 1024;
 /// Distance between slots: the stack and a guard of the same size below it.
 const SLOT_SIZE: u64 = 2 * STACK_SIZE;
 

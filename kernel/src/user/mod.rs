@@ -43,6 +43,8 @@ unsafe impl Pod for i64 {}
 unsafe impl Pod for shmos_abi::PoolStat {}
 // SAFETY: `#[repr(C)]` of u64 and u32 fields with no padding; any bytes are a valid value.
 unsafe impl Pod for shmos_abi::LockMapping {}
+// SAFETY: `#[repr(C)]` of u64 fields only: no padding, any bytes valid.
+unsafe impl Pod for shmos_abi::DsmStat {}
 
 /// Checks that the caller may access `[addr, addr+len)` (for writing if
 /// `write`): `BadAddress` otherwise. An empty range always passes.

@@ -1,0 +1,244 @@
+//! The DSM in the kernel: one `shm_ext::dsm::Engine` per node, fed with
+//! page faults and with the protocol messages other nodes' kernels send,
+//! whose actions (send, map, unmap, resume) are applied here.
+//!
+//! - State: [`Dsm`] behind one interrupt-safe lock. It is never held
+//!   across a wait: a fault hands its event to the engine under the lock,
+//!   releases it, and blocks until the engine's `Resume` for the page.
+//! - Transport ([`transport`]): extension-layer messages on `DSM_PORT`,
+//!   sent as process [`DSM_PROCESS`] of this node; received messages from
+//!   anyone else are dropped. The receive pump ([`pump`]) runs from every
+//!   DSM wait and from the boot task's wait for the apps (woken by the
+//!   `MESSAGE` doorbell), so a node that is not faulting still serves.
+//!   Sends that meet a full queue stay in an outbox, in order per
+//!   destination, and are retried by every pump (never blocking the pump,
+//!   so two nodes sending to each other cannot deadlock).
+//! - Mappings: `dsm_map` reserves a user window with nothing mapped; a
+//!   fault in it becomes [`Event::Fault`] ([`fault`]). `Map` points the
+//!   page's PTE in every process mapping it at the engine's cached frame
+//!   (a `PageBuf` in the kernel heap, which lives in the direct map, so
+//!   phys = virt - direct map base); `Unmap` clears those PTEs.
+//! - Directory ([`directory`]): the engine's directory pages, read and
+//!   written through the engine itself, under a cluster-wide lock word
+//!   kept in a DSM page too.
+//!
+//! Uniprocessor: while the engine handles an event no user code runs (the
+//! lock keeps interrupts off), so no CPU writes a page the engine sends.
+
+pub mod directory;
+pub mod fault;
+pub mod transport;
+
+use crate::cluster::Node;
+use crate::sync::IrqMutex;
+use crate::task::{self, Events, Pid};
+use alloc::collections::{BTreeMap, VecDeque};
+use alloc::vec::Vec;
+use shm_ext::dsm::{
+    Action, AddressGenerator, DsmError, Engine, Event, GlobalAddr, PAGE_SIZE, Rights, Space,
+};
+
+/// The process number of the kernel's own DSM traffic in extension-layer
+/// caller tags (user pids stay far below it).
+pub const DSM_PROCESS: u16 = 0xfffe;
+
+/// The wait event a `Resume` notifies.
+pub const RESUMED: Events = Events::custom(8);
+
+/// One `dsm_map` of a process: `len` bytes at user address `va` show the
+/// global range starting at `start`.
+#[derive(Debug, Clone, Copy)]
+pub struct Mapping {
+    /// The process.
+    pub pid: Pid,
+    /// Its user address.
+    pub va: u64,
+    /// Bytes mapped (whole pages).
+    pub len: u64,
+    /// The global address shown at `va`.
+    pub start: GlobalAddr,
+    /// Whether stores are allowed (else a write fault kills the app).
+    pub writable: bool,
+}
+
+impl Mapping {
+    /// The user address of global page `page`, if this mapping shows it.
+    fn va_of(&self, page: GlobalAddr) -> Option<u64> {
+        let off = page.0.checked_sub(self.start.0)?;
+        (off < u128::from(self.len)).then(|| self.va + off as u64)
+    }
+}
+
+/// Everything the kernel keeps for the DSM.
+pub struct Dsm {
+    /// The protocol engine.
+    pub engine: Engine,
+    /// This node.
+    pub node: &'static Node,
+    /// Every process mapping of DSM ranges on this node.
+    pub maps: Vec<Mapping>,
+    /// Encoded messages not yet accepted by their destination's queue.
+    outbox: VecDeque<(u16, Vec<u8>)>,
+    /// Per page: how many `Resume`s it saw, and the last one's result.
+    resumes: BTreeMap<GlobalAddr, (u64, Result<(), DsmError>)>,
+    /// Hands out data ranges (`dsm_alloc`).
+    pub data: AddressGenerator,
+    /// Hands out directory pages.
+    pub dir: AddressGenerator,
+    /// Receive buffer (the largest message this node's queue takes).
+    rx: Vec<u8>,
+    /// Messages refused (bad sender, undecodable, rejected by the engine).
+    pub refused: u64,
+}
+
+static DSM: IrqMutex<Option<Dsm>> = IrqMutex::new(None);
+
+/// Generators of a restarted node resume past the ranges its earlier
+/// incarnations handed out: each generation starts `2^80` bytes further
+/// into the slice (addresses are never reused, see `AddressGenerator`).
+fn generator(node: &Node, space: Space) -> Result<AddressGenerator, DsmError> {
+    let base = AddressGenerator::new(node.id, space)?;
+    let step: u128 = match space {
+        Space::Data => 1 << 80,
+        Space::Directory => 1 << 40,
+    };
+    let skip = step.saturating_mul(u128::from(node.generation().0.saturating_sub(1)));
+    let at = base.next().0.saturating_add(skip);
+    AddressGenerator::resume(node.id, space, GlobalAddr(at)).or(Ok(base))
+}
+
+/// Starts this node's engine (after the cluster join; the cluster's node
+/// table size is the engine's node count).
+pub fn init(node: &'static Node) {
+    let r = (|| -> Result<Dsm, DsmError> {
+        let nodes = node.shm().max_nodes();
+        let rx_len = node
+            .shm()
+            .msg_max_len(node.id)
+            .unwrap_or(shm_ext::dsm::MAX_MESSAGE_LEN);
+        Ok(Dsm {
+            engine: Engine::new(node.id, nodes)?,
+            node,
+            maps: Vec::new(),
+            outbox: VecDeque::new(),
+            resumes: BTreeMap::new(),
+            data: generator(node, Space::Data)?,
+            dir: generator(node, Space::Directory)?,
+            rx: alloc::vec![0; rx_len.max(shm_ext::dsm::MAX_MESSAGE_LEN)],
+            refused: 0,
+        })
+    })();
+    match r {
+        Ok(d) => *DSM.lock() = Some(d),
+        Err(e) => crate::kprintln!("node {}: DSM unavailable: {e}", node.id),
+    }
+}
+
+/// Runs `f` on the DSM state; `None` when this node has no DSM (no
+/// cluster). Never call it from inside `f`, nor wait inside `f`.
+pub fn with<R>(f: impl FnOnce(&mut Dsm) -> R) -> Option<R> {
+    DSM.lock().as_mut().map(f)
+}
+
+/// The events a DSM waiter wakes on: a resume, a DSM message (or room in
+/// a queue), and the tick (polling on ivshmem-plain; lost-wake safety).
+pub fn wait_events() -> Events {
+    RESUMED
+        | Events::doorbell_or_tick(shm_ext::platform::vector::MESSAGE)
+        | Events::TICK
+}
+
+/// Receives and handles pending DSM messages and retries the outbox.
+/// Cheap when there is nothing to do; never blocks.
+pub fn pump() {
+    with(|d| {
+        transport::receive(d);
+        transport::flush(d);
+    });
+}
+
+impl Dsm {
+    /// How many `Resume`s page `page` saw so far.
+    pub fn resume_count(&self, page: GlobalAddr) -> u64 {
+        self.resumes.get(&page).map_or(0, |r| r.0)
+    }
+
+    /// The result of the last `Resume` of `page`.
+    pub fn last_result(&self, page: GlobalAddr) -> Result<(), DsmError> {
+        self.resumes.get(&page).map_or(Ok(()), |r| r.1)
+    }
+
+    /// Hands `event` to the engine and applies what it asks, in order.
+    #[inline(never)]
+    pub fn handle(&mut self, event: Event) -> Result<(), DsmError> {
+        let mut actions = Vec::new();
+        let r = self.engine.handle(event, &mut actions);
+        self.apply(actions);
+        r
+    }
+
+    /// Applies the engine's actions in order, then sends what they queued.
+    pub fn apply(&mut self, actions: Vec<Action>) {
+        for a in actions {
+            match a {
+                Action::Send { to, msg } => transport::queue(self, to, &msg),
+                Action::Map { page, rights } => self.map_page(page, rights),
+                Action::Unmap { page } => self.unmap_page(page),
+                Action::Resume { page, result } => {
+                    let e = self.resumes.entry(page).or_insert((0, Ok(())));
+                    *e = (e.0.wrapping_add(1), result);
+                    task::notify(RESUMED);
+                }
+            }
+        }
+        transport::flush(self);
+    }
+
+    /// Points every process mapping of `page` at the engine's frame.
+    fn map_page(&mut self, page: GlobalAddr, rights: Rights) {
+        // The page may already be gone again (a later action unmaps it).
+        let Some(buf) = self.engine.page(page) else {
+            return self.unmap_page(page);
+        };
+        let phys = buf as *const _ as u64 - crate::memory::paging::phys_to_virt(0);
+        for m in &self.maps {
+            let Some(va) = m.va_of(page) else { continue };
+            let writable = m.writable && rights == Rights::Write;
+            if let Some(t) = task::find(m.pid) {
+                let r = t.with_space(|s| s.set_foreign_page(va, phys, writable));
+                if let Some(Err(e)) = r {
+                    log::warn!("dsm: cannot map {page} at {va:#x} in pid {}: {e:?}", m.pid);
+                }
+            }
+        }
+    }
+
+    /// Clears every process mapping of `page`.
+    fn unmap_page(&mut self, page: GlobalAddr) {
+        for m in &self.maps {
+            let Some(va) = m.va_of(page) else { continue };
+            if let Some(t) = task::find(m.pid) {
+                t.with_space(|s| s.clear_foreign_page(va));
+            }
+        }
+    }
+
+    /// The mapping of process `pid` that holds user address `va`, and the
+    /// global address there.
+    pub fn lookup(&self, pid: Pid, va: u64) -> Option<(Mapping, GlobalAddr)> {
+        let m = self
+            .maps
+            .iter()
+            .find(|m| m.pid == pid && va >= m.va && va - m.va < m.len)?;
+        Some((*m, GlobalAddr(m.start.0 + u128::from(va - m.va))))
+    }
+}
+
+/// Forgets the mappings of process `pid` (it ended; its page tables go
+/// with its address space, and they own none of the DSM frames).
+pub fn process_exited(pid: Pid) {
+    with(|d| d.maps.retain(|m| m.pid != pid));
+}
+
+/// Bytes in a DSM page, as the kernel's u64.
+pub const PAGE: u64 = PAGE_SIZE as u64;

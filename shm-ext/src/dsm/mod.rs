@@ -1,0 +1,135 @@
+//! Distributed shared virtual memory, part 1: the protocol core (see
+//! ../shared/ARCHITECTURE.md, "The DSM", and seed 001, MangoSoft's
+//! "Shared memory computer networks").
+//!
+//! A paged 128-bit global space ([`addr`]) whose ranges are found through a
+//! directory of 4 KiB pages ([`directory`]) naming each range's responsible
+//! node. The responsible node keeps, per page, the owner and the copyset,
+//! so pages migrate without directory changes. Every node caches pages
+//! ([`cache`]) and runs a protocol engine ([`protocol`]) that turns local
+//! faults and received messages ([`wire`]) into actions for the kernel.
+//! Needs the `alloc` feature (the engine's tables are `alloc` collections).
+//!
+//! # Coherence: single writer, many readers, by invalidation
+//!
+//! Like Li and Hudak's dynamic distributed manager, but the manager of a
+//! page is its range's responsible node. The responsible node runs one
+//! transaction per page at a time and queues the other requests; a
+//! transaction ends only when the requester confirms, and each of its
+//! messages is sent only after the previous one arrived. So when the next
+//! transaction on a page starts no message of the last one is in flight,
+//! and the protocol needs no ordering from the transport: messages between
+//! different pairs of nodes, or on one pair, may be delayed and reordered
+//! at will. (The extension layer does keep each (sender, port) stream in
+//! order; the protocol does not rely on it.) A transaction is named by
+//! (requester, txn); answers that name another are refused as `Unexpected`.
+//!
+//! | kind | name          | from -> to                  | meaning                                          |
+//! |-----:|---------------|-----------------------------|--------------------------------------------------|
+//! |    1 | ReadRequest   | requester -> responsible    | read fault: send me a read copy                  |
+//! |    2 | WriteRequest  | requester -> responsible    | write fault: make me the owner, read-write       |
+//! |    3 | ForwardRead   | responsible -> owner        | send a read copy to the requester; keep read only |
+//! |    4 | ForwardWrite  | responsible -> owner        | send page and ownership to the requester, drop yours (owner = requester: upgrade in place) |
+//! |    5 | Invalidate    | responsible -> copy holder  | drop your read copy                              |
+//! |    6 | InvalidateAck | copy holder -> responsible  | dropped                                          |
+//! |    7 | ReadCopy      | owner -> requester          | a read-only copy (4 KiB payload)                 |
+//! |    8 | WriteCopy     | owner -> requester          | page and ownership, read-write (4 KiB payload); from the responsible node itself for a never-touched page (zeros) |
+//! |    9 | Confirm       | requester -> responsible    | installed: the transaction is over               |
+//! |   10 | Nack          | responsible -> requester    | refused: reason `NotAllocated` or `Unowned`      |
+//! |   11 | Drop          | responsible -> holders      | the range was freed; drop the page               |
+//!
+//! Read fault: ReadRequest; the responsible node sends ForwardRead to the
+//! owner, which downgrades itself to read and sends ReadCopy; the requester
+//! installs it read-only and confirms; the responsible node adds it to the
+//! copyset. Write fault: WriteRequest; the responsible node invalidates
+//! every copy but the owner's and the requester's and collects the acks,
+//! then sends ForwardWrite (with the next version tag) to the owner, which
+//! sends WriteCopy and drops its page; the requester installs it
+//! read-write and confirms; the responsible node records it as owner with
+//! an empty copyset. The first touch of a page, read or write, makes the
+//! toucher its owner with a page of zeros. A node that is requester,
+//! owner and responsible at once sends itself these messages; the engine
+//! handles them within the same call. An owner never drops its page except
+//! by handing it to the next writer, or on Drop.
+//!
+//! # Messages on the wire (little-endian; [`wire`])
+//!
+//! | offset | size | field          | value                                                  |
+//! |-------:|-----:|----------------|--------------------------------------------------------|
+//! |      0 |    4 | magic          | `b"DSM1"`                                              |
+//! |      4 |    1 | kind           | 1..=11, as above                                       |
+//! |      5 |    1 | flags          | 0                                                      |
+//! |      6 |    2 | requester      | node whose fault the transaction serves (< nodes)      |
+//! |      8 |    8 | txn            | the requester's transaction id                         |
+//! |     16 |   16 | page           | global address of the page (page-aligned)              |
+//! |     32 |    8 | version        | version tag (copies, ForwardWrite), else 0             |
+//! |     40 |    4 | reason         | Nack: the `DsmError` code (1 or 3); else 0             |
+//! |     44 |    4 | payload length | 4096 for ReadCopy and WriteCopy, else 0                |
+//! |     48 | 4096 | page           | the page bytes (ReadCopy, WriteCopy only)              |
+//!
+//! The longest message is [`MAX_MESSAGE_LEN`] = 4,144 bytes: the transport
+//! (extension-layer queues, port [`DSM_PORT`]) must take that much; the
+//! default queues take 8,032. Decoding checks every field and the exact
+//! length; a bad message is `BadMessage` or `NoSuchNode`, never a panic.
+//!
+//! # Directory pages (4 KiB, little-endian; [`directory`])
+//!
+//! | offset | size | field        | value                                                      |
+//! |-------:|-----:|--------------|------------------------------------------------------------|
+//! |      0 |    8 | magic        | `b"SHMDSMD1"`                                              |
+//! |      8 |    4 | version      | 1                                                          |
+//! |     12 |    2 | level        | 0 for a leaf; a child is one level below its parent (<= 16) |
+//! |     14 |    2 | entry count  | 0..=62 (0 only for an empty root leaf)                     |
+//! |     16 |   16 | own address  | this page's global address (below 2^64)                    |
+//! |     32 |   16 | span first   | first address the page indexes                             |
+//! |     48 |   16 | span last    | last address it indexes (inclusive)                        |
+//! |     64 |   56 | reserved     | 0                                                          |
+//! |    120 |    8 | checksum     | FNV-1a 64 of the 4096 bytes, this field read as 0          |
+//! |    128 | 62 x 64 | entries   | sorted by address, disjoint; unused slots 0                |
+//!
+//! Entry (64 bytes):
+//!
+//! | offset | size | field             | leaf                                | interior                         |
+//! |-------:|-----:|-------------------|-------------------------------------|----------------------------------|
+//! |      0 |   16 | range first       | range start (in the page's span)    | child span start                 |
+//! |     16 |   16 | range last        | range last byte (inclusive)         | child span last (contiguous cover of the span) |
+//! |     32 |   16 | child page        | 0                                   | child's global address (< 2^64, not the root, not itself) |
+//! |     48 |    2 | responsible node  | 0..64, or `0xffff`: none (`Unowned`) | the child page's responsible node |
+//! |     50 |   14 | reserved          | 0                                   | 0                                |
+//!
+//! The root sits at global address 0 ([`ROOT_DIRECTORY`]) and spans the
+//! whole data space `2^64 ..= 2^128 - 1`; its responsible node is node 0.
+//! Directory page addresses come from per-node slices of `0 .. 2^64`, and
+//! a directory page's responsible node is the node of its slice, so the
+//! protocol can fetch one before any directory lookup.
+//!
+//! # Driving the engine from a kernel
+//!
+//! `dsm_alloc(len)`: `AddressGenerator::allocate`, [`directory::insert`]
+//! with this node as responsible, [`Engine::create_range`]. `dsm_map(addr)`:
+//! [`directory::resolve`] (errors `NotAllocated`, `Unowned`), then
+//! [`Engine::map_range`] and map the range's virtual pages with no access.
+//! Page fault: [`Event::Fault`]; block the thread until an
+//! [`Action::Resume`] for the page, then retry. Message on [`DSM_PORT`]:
+//! [`Message::decode`], then [`Event::Message`]. `dsm_free`:
+//! [`directory::remove`], then [`Engine::free_range`] on the responsible
+//! node. Apply the returned actions in order. While `handle` runs no CPU
+//! may write a DSM page the engine may send (uniprocessor: given; SMP:
+//! hold the DSM lock and shoot down write mappings first).
+
+pub mod addr;
+pub mod cache;
+pub mod directory;
+pub mod error;
+pub mod protocol;
+pub mod wire;
+
+pub use addr::{
+    AddressGenerator, DATA_SPACE_START, GlobalAddr, GlobalRange, NO_NODE, PAGE_BYTES, PAGE_SIZE,
+    ROOT_DIRECTORY, Space,
+};
+pub use cache::{CacheEntry, PageBuf, PageCache, Rights};
+pub use directory::{DirEntry, DirectoryPage, DirectoryPages};
+pub use error::DsmError;
+pub use protocol::{Access, Action, Engine, Event, PageState};
+pub use wire::{DSM_PORT, Kind, MAX_MESSAGE_LEN, Message};
