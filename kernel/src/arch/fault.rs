@@ -250,7 +250,10 @@ pub fn handle_exception(frame: &mut TrapFrame) {
     }
     // A load or store in a DSM window: the engine brings the page, then the
     // instruction runs again.
-    if frame.is_from_user() && frame.vector == 14 && crate::dsm::fault::user_fault(cr2, frame.error_code) {
+    if frame.is_from_user()
+        && frame.vector == 14
+        && crate::dsm::fault::user_fault(cr2, frame.error_code)
+    {
         return;
     }
     // NMI and machine checks are the machine's, not the app's.

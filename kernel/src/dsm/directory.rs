@@ -69,7 +69,9 @@ impl DirectoryPages for KernelDirectory {
 
     fn store(&mut self, addr: GlobalAddr, page: &PageBuf) -> Result<(), DsmError> {
         access(addr, Access::Write, |d| {
-            d.engine.page_mut(addr).map(|p| p.0.copy_from_slice(&page.0))
+            d.engine
+                .page_mut(addr)
+                .map(|p| p.0.copy_from_slice(&page.0))
         })?
     }
 
@@ -123,8 +125,8 @@ pub fn lock() -> Result<DirectoryLock, DsmError> {
             word.copy_from_slice(&p.0[..8]);
             let holder = u64::from_le_bytes(word);
             // A holder that is gone (or a damaged word) cannot release it.
-            let stale = holder != 0
-                && u16::try_from(holder - 1).map_or(true, |n| !live.contains(n));
+            let stale =
+                holder != 0 && u16::try_from(holder - 1).map_or(true, |n| !live.contains(n));
             if holder == 0 || stale {
                 p.0[..8].copy_from_slice(&(u64::from(me) + 1).to_le_bytes());
                 true

@@ -143,9 +143,7 @@ pub fn with<R>(f: impl FnOnce(&mut Dsm) -> R) -> Option<R> {
 /// The events a DSM waiter wakes on: a resume, a DSM message (or room in
 /// a queue), and the tick (polling on ivshmem-plain; lost-wake safety).
 pub fn wait_events() -> Events {
-    RESUMED
-        | Events::doorbell_or_tick(shm_ext::platform::vector::MESSAGE)
-        | Events::TICK
+    RESUMED | Events::doorbell_or_tick(shm_ext::platform::vector::MESSAGE) | Events::TICK
 }
 
 /// Receives and handles pending DSM messages and retries the outbox.

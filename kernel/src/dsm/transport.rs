@@ -19,7 +19,10 @@ const MAX_REFUSAL_LOGS: u64 = 8;
 fn refuse(d: &mut Dsm, from: u16, why: &dyn core::fmt::Display) {
     d.refused += 1;
     if d.refused <= MAX_REFUSAL_LOGS {
-        crate::kprintln!("node {}: DSM message from node {from} refused: {why}", d.node.id);
+        crate::kprintln!(
+            "node {}: DSM message from node {from} refused: {why}",
+            d.node.id
+        );
     }
 }
 

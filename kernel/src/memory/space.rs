@@ -745,7 +745,10 @@ crate::kernel_test!(
     fn space_foreign_pages_map_replace_clear_and_are_never_freed() {
         let mut space = AddressSpace::new().unwrap();
         let va = space.reserve(2 * FRAME_SIZE, FRAME_SIZE).expect("window");
-        let (a, b) = (frames::alloc_zeroed().unwrap(), frames::alloc_zeroed().unwrap());
+        let (a, b) = (
+            frames::alloc_zeroed().unwrap(),
+            frames::alloc_zeroed().unwrap(),
+        );
         let pa = a.start_address().as_u64();
         space.set_foreign_page(va, pa, false).unwrap();
         assert!(space.is_user_accessible(va, FRAME_SIZE, false));
@@ -760,8 +763,13 @@ crate::kernel_test!(
         assert_eq!(space.translate(va), None);
         space.clear_foreign_page(va + FRAME_SIZE); // nothing there: no-op
         // An owned page is never replaced by a foreign one.
-        space.map_anonymous(USER_BASE, FRAME_SIZE, Flags::WRITABLE).unwrap();
-        assert_eq!(space.set_foreign_page(USER_BASE, pa, true), Err(MapError::AlreadyMapped));
+        space
+            .map_anonymous(USER_BASE, FRAME_SIZE, Flags::WRITABLE)
+            .unwrap();
+        assert_eq!(
+            space.set_foreign_page(USER_BASE, pa, true),
+            Err(MapError::AlreadyMapped)
+        );
         space.set_foreign_page(va, pa, true).unwrap();
         drop(space);
         // The space did not free the foreign frames: they are still ours.

@@ -10,9 +10,9 @@ use crate::dsm::directory::{self as kdir, KernelDirectory};
 use crate::dsm::{self, Mapping};
 use crate::task;
 use crate::user;
+use shm_ext::dsm::Rights;
 use shm_ext::dsm::directory;
 use shm_ext::dsm::{DsmError, GlobalAddr, GlobalRange};
-use shm_ext::dsm::Rights;
 use shmos_abi::{DsmStat, Error, MAP_FLAGS, MAP_WRITABLE};
 
 /// Damage reports printed so far (bounded, as for the extension layer).
@@ -238,7 +238,10 @@ crate::kernel_test!(
         assert_eq!(dsm_error(DsmError::NotAllocated), Error::NotFound);
         assert_eq!(dsm_error(DsmError::Unaligned), Error::InvalidArgument);
         assert_eq!(dsm_error(DsmError::Unowned), Error::NotFound);
-        assert_eq!(dsm_error(DsmError::CorruptDirectory { what: "t" }), Error::Corrupt);
+        assert_eq!(
+            dsm_error(DsmError::CorruptDirectory { what: "t" }),
+            Error::Corrupt
+        );
         assert_eq!(dsm_error(DsmError::Busy), Error::Busy);
         // Without a cluster (the test VM) every DSM call is refused by name.
         let a = Args([4096, 0x1000, 4096, 1, 0, 0]);

@@ -139,8 +139,35 @@ pub fn wait_event(
             }
             continue;
         }
-        block(events, deadline, seen);
+        if !halt_here(events, seen) {
+            block(events, deadline, seen);
+        }
     }
+}
+
+/// Halts the CPU in the waiting task itself until the next interrupt, when
+/// no other task wants the CPU: the scheduler's way (block, switch to the
+/// idle task, halt, wake, switch back) costs two context switches per
+/// wait, which under this host's KVM made a doorbell round trip 1.25x the
+/// bare loop's. Returns false, having done nothing, if another task is
+/// ready or interrupts are off (then the caller blocks as usual).
+fn halt_here(events: Events, seen: u64) -> bool {
+    if !interrupts::are_enabled() {
+        return false;
+    }
+    interrupts::disable();
+    if !SCHED.lock().ready.is_empty() {
+        interrupts::enable();
+        return false;
+    }
+    if events.sequence() == seen {
+        // `sti; hlt` as one: an interrupt that notifies between the check
+        // above and the halt still ends it.
+        interrupts::enable_and_hlt();
+    } else {
+        interrupts::enable();
+    }
+    true
 }
 
 /// How long a waiter polls its condition before it blocks, when no other
