@@ -79,7 +79,9 @@ impl Dsm {
                 self.c.tail(node, 80),
             );
             if let Some(line) = self.c.log(node).iter().find(|l| {
-                l.contains("CPU exception") || l.contains("KERNEL PANIC") || l.contains("DSM message from")
+                l.contains("CPU exception")
+                    || l.contains("KERNEL PANIC")
+                    || l.contains("DSM message from")
             }) {
                 panic!(
                     "{}: node {node}: {line}\n--- serial log ---\n{}",
@@ -124,10 +126,17 @@ fn dsm_matmul_computes_the_right_product() {
     let mut sums = Vec::new();
     for node in 0..NODES {
         let line = d.expect(node, &format!("dsm-matmul: node {node}: n={n} checksum="));
-        assert!(line.contains("(C correct)"), "{}: node {node}: {line}", d.name);
+        assert!(
+            line.contains("(C correct)"),
+            "{}: node {node}: {line}",
+            d.name
+        );
         sums.push(line.split("checksum=").nth(1).unwrap().to_string());
     }
-    assert!(sums.windows(2).all(|w| w[0] == w[1]), "checksums differ: {sums:?}");
+    assert!(
+        sums.windows(2).all(|w| w[0] == w[1]),
+        "checksums differ: {sums:?}"
+    );
     d.finish();
 }
 
@@ -137,7 +146,10 @@ fn dsm_map_refuses_hostile_ranges_by_name() {
     let mut d = Dsm::new("dsm hostile ranges on 3 nodes", "128M");
     d.boot_all("dsm-bench:hostile");
     for node in 0..NODES {
-        d.expect(node, &format!("dsm-bench: node {node}: hostile: 12 calls refused by name"));
+        d.expect(
+            node,
+            &format!("dsm-bench: node {node}: hostile: 12 calls refused by name"),
+        );
     }
     d.finish();
 }
@@ -162,11 +174,18 @@ fn dsm_range_larger_than_a_node_spreads_over_the_nodes() {
         .and_then(|h| h.parse().ok())
         .unwrap_or_else(|| panic!("no heap size in {banner:?}"));
     for node in 0..NODES {
-        let line = d.expect(node, &format!("dsm-bench: node {node}: spread: range 192 MiB"));
+        let line = d.expect(
+            node,
+            &format!("dsm-bench: node {node}: spread: range 192 MiB"),
+        );
         assert!(line.contains("correct"), "{line}");
     }
     if d.accel == Accel::Tcg {
-        assert!(3 * per_node > heap, "{} MiB written fit one node's {heap} MiB heap", 3 * per_node);
+        assert!(
+            3 * per_node > heap,
+            "{} MiB written fit one node's {heap} MiB heap",
+            3 * per_node
+        );
     }
     d.finish();
 }
@@ -182,7 +201,10 @@ fn dsm_page_migrates_while_its_directory_entry_stays() {
     let mut entries = Vec::new();
     for step in 1..=2 {
         for node in 0..NODES {
-            let line = d.expect(node, &format!("dsm-bench: node {node}: migrate step {step}: "));
+            let line = d.expect(
+                node,
+                &format!("dsm-bench: node {node}: migrate step {step}: "),
+            );
             let field = |k: &str| {
                 line.split(&format!("{k}="))
                     .nth(1)
@@ -192,13 +214,20 @@ fn dsm_page_migrates_while_its_directory_entry_stays() {
             };
             entries.push(field("entry"));
             assert_eq!(field("responsible"), "0", "{line}");
-            assert_eq!(field("owner-here"), if node == step { "1" } else { "0" }, "{line}");
+            assert_eq!(
+                field("owner-here"),
+                if node == step { "1" } else { "0" },
+                "{line}"
+            );
             if node == 0 {
                 assert_eq!(field("managed-owner"), step.to_string(), "{line}");
             }
         }
     }
-    assert!(entries.windows(2).all(|w| w[0] == w[1]), "the directory entry changed: {entries:?}");
+    assert!(
+        entries.windows(2).all(|w| w[0] == w[1]),
+        "the directory entry changed: {entries:?}"
+    );
     for node in 0..NODES {
         d.expect(node, &format!("dsm-bench: node {node}: migrate: value=102"));
     }

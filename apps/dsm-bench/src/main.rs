@@ -14,10 +14,13 @@
 //!   write every node prints the page's directory entry checksum and what
 //!   it knows of the owner (`dsm_stat`):
 //!   `dsm-bench: node N: migrate step S: entry=.. responsible=R owner-here=O managed-owner=M value=V`.
-//! - `bench N`: node 1 writes N pages first; node 0 then times N read
-//!   faults (copies from node 1) and N write faults (ownership moves from
-//!   node 1) and prints `bench dsm-read-fault n=N value=NS unit=ns` and
-//!   `bench dsm-write-fault n=N value=NS unit=ns` (mean per fault).
+//! - `bench N`: node 1 writes 2N pages first; node 0 then times N read
+//!   faults (copies from node 1) and N write faults that invalidate one
+//!   reader (node 1), and, when node 2 is live and has read the other N
+//!   pages, N write faults that invalidate two; prints
+//!   `bench dsm-read-fault n=N value=NS unit=ns`,
+//!   `bench dsm-write-fault-1 ...` and `bench dsm-write-fault-2 ...` (mean
+//!   per fault); every node then checks every page.
 #![no_std]
 #![no_main]
 
@@ -71,17 +74,61 @@ fn hostile(app: &App) -> Outcome<()> {
     let nowhere: u128 = (1 << 64) + (63 << 121) + (1 << 100);
     let g = sys::dsm_alloc(2 * PAGE).or_fail(app, "dsm_alloc of 2 pages")?;
     let checks: [(&str, Result<(), Error>, Error); 11] = [
-        ("dsm_map of an unallocated range", sys::dsm_map(nowhere, PAGE, true).map(drop), Error::NotFound),
-        ("dsm_map of an unaligned address", sys::dsm_map(g + 8, PAGE, true).map(drop), Error::InvalidArgument),
-        ("dsm_map of an unaligned length", sys::dsm_map(g, 100, true).map(drop), Error::InvalidArgument),
-        ("dsm_map of length 0", sys::dsm_map(g, 0, true).map(drop), Error::InvalidArgument),
-        ("dsm_map past the range's end", sys::dsm_map(g, 3 * PAGE, true).map(drop), Error::NotFound),
-        ("dsm_map of the directory root", sys::dsm_map(0, PAGE, true).map(drop), Error::NotFound),
-        ("dsm_map at the top of the space", sys::dsm_map(u128::MAX - 4095, PAGE, true).map(drop), Error::NotFound),
-        ("dsm_alloc of an unaligned length", sys::dsm_alloc(100).map(drop), Error::InvalidArgument),
-        ("dsm_free of an unallocated range", sys::dsm_free(nowhere, PAGE), Error::NotFound),
-        ("dsm_free of part of a range", sys::dsm_free(g, PAGE), Error::InvalidArgument),
-        ("dsm_unmap of no mapping", sys::dsm_unmap(0x1000 as *mut u8), Error::NotFound),
+        (
+            "dsm_map of an unallocated range",
+            sys::dsm_map(nowhere, PAGE, true).map(drop),
+            Error::NotFound,
+        ),
+        (
+            "dsm_map of an unaligned address",
+            sys::dsm_map(g + 8, PAGE, true).map(drop),
+            Error::InvalidArgument,
+        ),
+        (
+            "dsm_map of an unaligned length",
+            sys::dsm_map(g, 100, true).map(drop),
+            Error::InvalidArgument,
+        ),
+        (
+            "dsm_map of length 0",
+            sys::dsm_map(g, 0, true).map(drop),
+            Error::InvalidArgument,
+        ),
+        (
+            "dsm_map past the range's end",
+            sys::dsm_map(g, 3 * PAGE, true).map(drop),
+            Error::NotFound,
+        ),
+        (
+            "dsm_map of the directory root",
+            sys::dsm_map(0, PAGE, true).map(drop),
+            Error::NotFound,
+        ),
+        (
+            "dsm_map at the top of the space",
+            sys::dsm_map(u128::MAX - 4095, PAGE, true).map(drop),
+            Error::NotFound,
+        ),
+        (
+            "dsm_alloc of an unaligned length",
+            sys::dsm_alloc(100).map(drop),
+            Error::InvalidArgument,
+        ),
+        (
+            "dsm_free of an unallocated range",
+            sys::dsm_free(nowhere, PAGE),
+            Error::NotFound,
+        ),
+        (
+            "dsm_free of part of a range",
+            sys::dsm_free(g, PAGE),
+            Error::InvalidArgument,
+        ),
+        (
+            "dsm_unmap of no mapping",
+            sys::dsm_unmap(0x1000 as *mut u8),
+            Error::NotFound,
+        ),
     ];
     let n = checks.len();
     for (what, r, want) in checks {
@@ -90,14 +137,26 @@ fn hostile(app: &App) -> Outcome<()> {
     // The range still works, and goes away when freed.
     let m = DsmMapping::map(g, 2 * PAGE, true).or_fail(app, "dsm_map of the range")?;
     m.set(PAGE_WORDS, 42);
-    app.ensure(m.get(PAGE_WORDS) == 42, format_args!("a store did not stay"))?;
+    app.ensure(
+        m.get(PAGE_WORDS) == 42,
+        format_args!("a store did not stay"),
+    )?;
     m.unmap().or_fail(app, "dsm_unmap")?;
     sys::dsm_free(g, 2 * PAGE).or_fail(app, "dsm_free")?;
-    expect_err(app, "dsm_map of a freed range", sys::dsm_map(g, PAGE, true).map(drop), Error::NotFound)?;
+    expect_err(
+        app,
+        "dsm_map of a freed range",
+        sys::dsm_map(g, PAGE, true).map(drop),
+        Error::NotFound,
+    )?;
     // The directory pages this node owns now leave with it: stay until
     // every node is done with the directory.
     sys::barrier().or_fail(app, "barrier after the checks")?;
-    println!("dsm-bench: node {}: hostile: {} calls refused by name", app.node, n + 1);
+    println!(
+        "dsm-bench: node {}: hostile: {} calls refused by name",
+        app.node,
+        n + 1
+    );
     Ok(())
 }
 
@@ -117,7 +176,10 @@ fn spread(app: &App, mib: u64, per_node_mib: u64) -> Outcome<()> {
     let bytes = mib << 20;
     let pages = bytes / PAGE;
     let mine = (per_node_mib << 20) / PAGE;
-    app.ensure(mine * k <= pages, format_args!("{k} x {per_node_mib} MiB do not fit {mib} MiB"))?;
+    app.ensure(
+        mine * k <= pages,
+        format_args!("{k} x {per_node_mib} MiB do not fit {mib} MiB"),
+    )?;
     let g = demo_common::share_dsm_range(app, nodes, PORT, MAGIC, bytes)?;
     let m = DsmMapping::map(g, bytes, true).or_fail(app, "dsm_map")?;
     sys::barrier().or_fail(app, "barrier before writing")?;
@@ -140,10 +202,16 @@ fn spread(app: &App, mib: u64, per_node_mib: u64) -> Outcome<()> {
                 continue;
             }
             let p = page_of(i, r);
-            let (a, b) = (m.get(p as usize * PAGE_WORDS), m.get(p as usize * PAGE_WORDS + PAGE_WORDS - 1));
+            let (a, b) = (
+                m.get(p as usize * PAGE_WORDS),
+                m.get(p as usize * PAGE_WORDS + PAGE_WORDS - 1),
+            );
             app.ensure(
                 a == mark(p) && b == p,
-                format_args!("page {p} (written by rank {r}) reads {a:#x}/{b}, not {:#x}/{p}", mark(p)),
+                format_args!(
+                    "page {p} (written by rank {r}) reads {a:#x}/{b}, not {:#x}/{p}",
+                    mark(p)
+                ),
             )?;
             checked += 1;
         }
@@ -159,7 +227,10 @@ fn spread(app: &App, mib: u64, per_node_mib: u64) -> Outcome<()> {
 
 fn migrate(app: &App) -> Outcome<()> {
     let nodes = live_nodes(app)?;
-    app.ensure(nodes & 7 == 7, format_args!("migrate needs nodes 0, 1 and 2"))?;
+    app.ensure(
+        nodes & 7 == 7,
+        format_args!("migrate needs nodes 0, 1 and 2"),
+    )?;
     let g = demo_common::share_dsm_range(app, nodes, PORT, MAGIC, PAGE)?;
     let m = DsmMapping::map(g, PAGE, true).or_fail(app, "dsm_map")?;
     for (step, writer) in [(1u64, 1u16), (2, 2)] {
@@ -190,30 +261,75 @@ fn migrate(app: &App) -> Outcome<()> {
 fn bench(app: &App, n: u64) -> Outcome<()> {
     let nodes = live_nodes(app)?;
     app.ensure(nodes & 3 == 3, format_args!("bench needs nodes 0 and 1"))?;
-    let g = demo_common::share_dsm_range(app, nodes, PORT, MAGIC, n * PAGE)?;
-    let m = DsmMapping::map(g, n * PAGE, true).or_fail(app, "dsm_map")?;
+    let third = nodes & 4 != 0;
+    // Pages 0..n: node 1 writes, node 0 reads (read faults), then writes
+    // (write faults invalidating one reader, node 1). Pages n..2n: node 2
+    // reads them too, so node 0's writes invalidate two readers.
+    let g = demo_common::share_dsm_range(app, nodes, PORT, MAGIC, 2 * n * PAGE)?;
+    let m = DsmMapping::map(g, 2 * n * PAGE, true).or_fail(app, "dsm_map")?;
+    let pages = |from: u64| from as usize..(from + n) as usize;
     sys::barrier().or_fail(app, "barrier before the first touch")?;
     if app.node == 1 {
-        for p in 0..n as usize {
+        for p in pages(0).chain(pages(n)) {
             m.set(p * PAGE_WORDS, p as u64 + 1);
         }
     }
-    sys::barrier().or_fail(app, "barrier before the faults")?;
+    sys::barrier().or_fail(app, "barrier before the read faults")?;
+    let mut read_ns = 0;
     if app.node == 0 {
         let t0 = now(app)?;
         let mut sum = 0;
-        for p in 0..n as usize {
+        for p in pages(0) {
             sum += m.get(p * PAGE_WORDS);
         }
+        read_ns = (now(app)? - t0) / n;
+        app.ensure(
+            sum == n * (n + 1) / 2,
+            format_args!("read {sum}, not {}", n * (n + 1) / 2),
+        )?;
+        // Node 0 reads the second half too (untimed): a reader there as well.
+        for p in pages(n) {
+            m.get(p * PAGE_WORDS);
+        }
+    }
+    if app.node == 2 {
+        for p in pages(n) {
+            m.get(p * PAGE_WORDS);
+        }
+    }
+    sys::barrier().or_fail(app, "barrier before the write faults")?;
+    if app.node == 0 {
         let t1 = now(app)?;
-        for p in 0..n as usize {
+        for p in pages(0) {
             m.set(p * PAGE_WORDS + 1, 1);
         }
         let t2 = now(app)?;
-        app.ensure(sum == n * (n + 1) / 2, format_args!("read {sum}, not {}", n * (n + 1) / 2))?;
-        println!("bench dsm-read-fault n={n} value={} unit=ns", (t1 - t0) / n);
-        println!("bench dsm-write-fault n={n} value={} unit=ns", (t2 - t1) / n);
+        for p in pages(n) {
+            m.set(p * PAGE_WORDS + 1, 1);
+        }
+        let t3 = now(app)?;
+        println!("bench dsm-read-fault n={n} value={read_ns} unit=ns");
+        println!(
+            "bench dsm-write-fault-1 n={n} value={} unit=ns",
+            (t2 - t1) / n
+        );
+        if third {
+            println!(
+                "bench dsm-write-fault-2 n={n} value={} unit=ns",
+                (t3 - t2) / n
+            );
+        }
     }
     sys::barrier().or_fail(app, "barrier after the faults")?;
+    // Every page reads what its writers left: the first word from node 1,
+    // the second from node 0's write fault.
+    for p in pages(0).chain(pages(n)) {
+        let (first, second) = (m.get(p * PAGE_WORDS), m.get(p * PAGE_WORDS + 1));
+        app.ensure(
+            first == p as u64 + 1 && second == 1,
+            format_args!("page {p} reads ({first}, {second}), not ({}, 1)", p + 1),
+        )?;
+    }
+    sys::barrier().or_fail(app, "barrier after the check")?;
     m.unmap().or_fail(app, "dsm_unmap")
 }

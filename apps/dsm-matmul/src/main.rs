@@ -42,7 +42,10 @@ fn dsm_matmul(app: &App) -> Outcome<()> {
     let mut buf = [0u8; shmos_rt::abi::MAX_ARGS];
     let mut words = shmos_rt::args(&mut buf).split_ascii_whitespace();
     let n = demo_common::number(app, words.next(), "matrix size", 48)?;
-    app.ensure((1..=512).contains(&n), format_args!("n = {n} is not in 1..=512"))?;
+    app.ensure(
+        (1..=512).contains(&n),
+        format_args!("n = {n} is not in 1..=512"),
+    )?;
     let start_set = live_nodes(app)?;
     let bytes = (3 * n * n * 8).next_multiple_of(PAGE);
     let g = demo_common::share_dsm_range(app, start_set, PORT, MAGIC, bytes)?;
@@ -94,7 +97,11 @@ fn dsm_matmul(app: &App) -> Outcome<()> {
             }
         }
     }
-    let verdict = if wrong.is_none() { "C correct" } else { "C WRONG" };
+    let verdict = if wrong.is_none() {
+        "C correct"
+    } else {
+        "C WRONG"
+    };
     println!(
         "dsm-matmul: node {}: n={n} checksum={sum:#018x} ({verdict})",
         app.node

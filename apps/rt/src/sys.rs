@@ -259,10 +259,7 @@ pub fn msg_recv(port: u32, buf: &mut [u8], timeout_ns: u64) -> Result<RecvInfo, 
 /// range's 128-bit global address.
 pub fn dsm_alloc(len: u64) -> Result<u128, Error> {
     let mut out = [0u8; 16];
-    call(
-        Call::DsmAlloc,
-        [len, out.as_mut_ptr() as u64, 0, 0, 0, 0],
-    )?;
+    call(Call::DsmAlloc, [len, out.as_mut_ptr() as u64, 0, 0, 0, 0])?;
     Ok(u128::from_le_bytes(out))
 }
 

@@ -173,8 +173,23 @@ fn vm_run(cfg: &BenchConfig) -> Result<BTreeMap<String, f64>> {
             );
         }
     }
+    let values = bench_lines(cluster.log(0));
+    for f in VM_FIGURES {
+        if !values.contains_key(f) {
+            bail!(
+                "node 0 printed no `bench {f}` line:\n{}",
+                cluster.tail(0, 20)
+            );
+        }
+    }
+    Ok(values)
+}
+
+/// The `bench NAME ... value=V unit=U` lines of a console, by name, in
+/// the table's units (ns, MB/s).
+fn bench_lines(log: &[String]) -> BTreeMap<String, f64> {
     let mut values = BTreeMap::new();
-    for line in cluster.log(0) {
+    for line in log {
         let Some(rest) = line.strip_prefix("bench ") else {
             continue;
         };
@@ -184,13 +199,43 @@ fn vm_run(cfg: &BenchConfig) -> Result<BTreeMap<String, f64>> {
             // table shows MB/s and ns.
             let v = if line.contains("unit=B/s") {
                 v / 1e6
-            } else {
+            } else if line.contains("unit=ps") {
                 v / 1e3
+            } else {
+                v
             };
             values.insert(name.to_string(), v);
         }
     }
-    for f in VM_FIGURES {
+    values
+}
+
+/// The DSM figures that [`dsm_run`] measures.
+pub const DSM_FIGURES: [&str; 3] = ["dsm-read-fault", "dsm-write-fault-1", "dsm-write-fault-2"];
+
+/// Boots three nodes running `dsm-bench bench N`; returns the fault
+/// latencies in ns (read, write with one reader, write with two).
+fn dsm_run(cfg: &BenchConfig) -> Result<BTreeMap<String, f64>> {
+    let mut cc = ClusterConfig::new(cfg.kernel.clone(), cfg.accel);
+    cc.shm_size = 64 << 20;
+    cc.echo = cfg.verbose;
+    cc.cmdline = format!("cluster.wait_live=3 app=dsm-bench:bench+{}", cfg.iterations);
+    let mut cluster = Cluster::start(cc)?;
+    for node in 0..3 {
+        cluster.spawn_node(node, "")?;
+    }
+    let exits = cluster.wait_all(Duration::from_secs(600))?;
+    for (node, exit) in &exits {
+        if exit.outcome() != crate::Outcome::Success {
+            bail!(
+                "dsm-bench failed on node {node}: {}\n{}",
+                exit.describe(),
+                cluster.tail(*node, 20)
+            );
+        }
+    }
+    let values = bench_lines(cluster.log(0));
+    for f in DSM_FIGURES {
         if !values.contains_key(f) {
             bail!(
                 "node 0 printed no `bench {f}` line:\n{}",
@@ -267,7 +312,7 @@ const fn row(key: &'static str, baseline: &'static str, target: Option<Target>) 
 }
 
 /// The table, in order; targets from the benchmark issue.
-const ROWS: [Row; 20] = [
+const ROWS: [Row; 23] = [
     row("boot", "boot-exit", Some(Target::Plus(20.0))),
     row("syscall", "host-syscall", None),
     row("msg64-polled", "thread-pingpong", Some(Target::Below(3.0))),
@@ -281,6 +326,9 @@ const ROWS: [Row; 20] = [
     row("alloc", "mutex", None),
     row("transfer", "unix-rtt", None),
     row("doorbell-shmos", "doorbell-bare", Some(Target::Below(1.2))),
+    row("dsm-read-fault", "msg64-doorbell", Some(Target::Below(2.0))),
+    row("dsm-write-fault-1", "msg64-doorbell", None),
+    row("dsm-write-fault-2", "msg64-doorbell", None),
     row("hosted/msg64-polled", "thread-pingpong", None),
     row("hosted/msg4k-polled", "thread-pingpong", None),
     row("hosted/msg64k-throughput", "memcpy", None),
@@ -427,6 +475,22 @@ pub fn run(cfg: &BenchConfig, mut progress: impl FnMut(&str)) -> Result<Report> 
                 .with_context(|| format!("unknown figure {figure} from the bench app"))?;
             let (label, unit) = vm_label(key);
             s.push(key, label, unit, v);
+        }
+        progress(&step("DSM page faults between three VMs"));
+        for (figure, v) in dsm_run(cfg)? {
+            let (key, label): (&'static str, &'static str) = match figure.as_str() {
+                "dsm-read-fault" => ("dsm-read-fault", "DSM read fault (copy from the owner)"),
+                "dsm-write-fault-1" => (
+                    "dsm-write-fault-1",
+                    "DSM write fault, 1 reader to invalidate",
+                ),
+                "dsm-write-fault-2" => (
+                    "dsm-write-fault-2",
+                    "DSM write fault, 2 readers to invalidate",
+                ),
+                _ => continue,
+            };
+            s.push(key, label, "ns", v);
         }
         progress(&step("doorbell round trip"));
         s.push(
@@ -600,7 +664,7 @@ mod tests {
     #[test]
     fn every_row_has_a_known_figure() {
         for r in &ROWS {
-            let vm = VM_FIGURES.contains(&r.key);
+            let vm = VM_FIGURES.contains(&r.key) || DSM_FIGURES.contains(&r.key);
             let other = r.key.starts_with("hosted/")
                 || r.key.starts_with("boot")
                 || r.key.starts_with("doorbell");
