@@ -104,7 +104,7 @@ pub fn run(args: &Args, node: Option<&'static Node>) -> bool {
     while !all_done() {
         let deadline = crate::time::now_ns() + POLL_NS;
         let _ = task::wait_event(events, Some(deadline), || {
-            crate::dsm::pump();
+            crate::dsm::pump_background();
             all_done()
         });
         if let Some(node) = node {
