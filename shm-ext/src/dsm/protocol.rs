@@ -706,11 +706,7 @@ impl Engine {
         Ok(())
     }
 
-    fn on_forward_write(
-        &mut self,
-        msg: Message,
-        out: &mut Vec<Action>,
-    ) -> Result<(), DsmError> {
+    fn on_forward_write(&mut self, msg: Message, out: &mut Vec<Action>) -> Result<(), DsmError> {
         let page = msg.page;
         if !self.cache.get(page).is_some_and(|e| e.owner) {
             return Err(unexpected(
