@@ -101,10 +101,18 @@ pub fn run(args: &Args, node: Option<&'static Node>) -> bool {
     // This task also serves other nodes' DSM requests while the apps run
     // (woken by DSM messages), so a node whose apps do not fault answers.
     let events = Events::TASK_EXIT | crate::dsm::wait_events();
+    let mut due: Option<u64> = None;
     while !all_done() {
-        let deadline = crate::time::now_ns() + POLL_NS;
+        let now = crate::time::now_ns();
+        let deadline = due.take().map_or(now + POLL_NS, |d| d.min(now + POLL_NS));
         let _ = task::wait_event(events, Some(deadline), || {
-            crate::dsm::pump_background();
+            if let Some(next) = crate::dsm::pump_background()
+                && next < deadline
+            {
+                // A pump was due but rationed: wait until it may run.
+                due = Some(next);
+                return true;
+            }
             all_done()
         });
         if let Some(node) = node {

@@ -150,20 +150,36 @@ pub fn wait_events() -> Events {
 static NEXT_BACKGROUND_PUMP: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
 
 /// [`pump`] for a task that only serves other nodes (the boot task while
-/// the apps run): it pumps at most a fifth of the time. A pump scans the
-/// node's whole message queue for DSM records, and under this host's KVM
-/// (kernel code emulated) a queue holding an app's unread messages made
-/// each scan cost milliseconds; pumping at every tick and doorbell then
-/// starved the apps, whose messages piled up and made the scans longer.
-pub fn pump_background() {
+/// the apps run). A pump that finds no DSM message is rationed to a fifth
+/// of the time: it scans the node's whole message queue, and under this
+/// host's KVM (kernel code emulated) a queue holding an app's unread
+/// messages made each scan cost milliseconds; scanning at every tick and
+/// doorbell then starved the apps, whose messages piled up and made the
+/// scans longer. A pump that serves requests is never held back.
+///
+/// Returns `Some(when)` if it skipped: pump again at `when`, or a request
+/// that came meanwhile waits for the next tick.
+pub fn pump_background() -> Option<u64> {
     use core::sync::atomic::Ordering::Relaxed;
     let start = crate::time::now_ns();
-    if start < NEXT_BACKGROUND_PUMP.load(Relaxed) {
-        return;
+    let due = NEXT_BACKGROUND_PUMP.load(Relaxed);
+    if start < due {
+        return Some(due);
     }
-    pump();
+    let served = with(|d| {
+        let n = transport::receive(d);
+        transport::flush(d);
+        n
+    })
+    .unwrap_or(0);
     let cost = crate::time::now_ns().saturating_sub(start);
-    NEXT_BACKGROUND_PUMP.store(start.saturating_add(cost.saturating_mul(5)), Relaxed);
+    let rest = if served == 0 {
+        cost.saturating_mul(4)
+    } else {
+        0
+    };
+    NEXT_BACKGROUND_PUMP.store(crate::time::now_ns().saturating_add(rest), Relaxed);
+    None
 }
 
 /// Receives and handles pending DSM messages and retries the outbox.

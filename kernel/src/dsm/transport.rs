@@ -26,11 +26,13 @@ fn refuse(d: &mut Dsm, from: u16, why: &dyn core::fmt::Display) {
     }
 }
 
-/// Takes the DSM messages waiting for this node and hands them to the engine.
-pub fn receive(d: &mut Dsm) {
+/// Takes the DSM messages waiting for this node and hands them to the
+/// engine; returns how many it took.
+pub fn receive(d: &mut Dsm) -> usize {
     let Ok(me) = d.node.caller(u64::from(DSM_PROCESS)) else {
-        return;
+        return 0;
     };
+    let mut taken = 0;
     for _ in 0..MAX_PER_PUMP {
         let mut rx = core::mem::take(&mut d.rx);
         let got = d
@@ -54,13 +56,14 @@ pub fn receive(d: &mut Dsm) {
                     .msg_recv(&IvshmemDoorbell, me, DSM_PORT, &mut big);
                 d.rx = rx;
                 refuse(d, u16::MAX, &"message longer than the receive buffer");
+                taken += 1;
                 continue;
             }
             Err(_) => {
                 // NoMessage, Busy (try at the next pump), or a damaged
                 // queue (the extension layer reports that itself).
                 d.rx = rx;
-                return;
+                return taken;
             }
         };
         let from = r.from.node();
@@ -80,7 +83,9 @@ pub fn receive(d: &mut Dsm) {
             }
             Err(e) => refuse(d, from, &e),
         }
+        taken += 1;
     }
+    taken
 }
 
 /// Encodes `msg` for node `to` and sends it, or queues it behind earlier
