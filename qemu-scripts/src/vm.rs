@@ -301,8 +301,19 @@ impl Vm {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let mut process = Guarded::spawn(&mut cmd)
-            .with_context(|| format!("cannot start {}", cfg.qemu.display()))?;
+        // ETXTBSY: an executable written just now (the tests' fake QEMUs) can
+        // still be open for writing in a child another thread forked and has
+        // not yet exec'd; the window closes within milliseconds.
+        let mut tries = 0;
+        let mut process = loop {
+            match Guarded::spawn(&mut cmd) {
+                Err(e) if e.raw_os_error() == Some(nix::libc::ETXTBSY) && tries < 20 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                r => break r.with_context(|| format!("cannot start {}", cfg.qemu.display()))?,
+            }
+        };
         let child = process.child();
         let stdout = child.stdout.take().expect("piped stdout");
         let stderr = child.stderr.take().expect("piped stderr");
