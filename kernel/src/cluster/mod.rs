@@ -93,15 +93,21 @@ fn facts(dev: &ivshmem::Ivshmem) -> NodeFacts<'static> {
 }
 
 /// The layout this node proposes if it is the one that initialises the
-/// shared memory: message queues get an eighth of it (a power of two, 256 KiB
-/// to 16 MiB), so that on 64 MiB every node's queue holds several
-/// `MAX_MESSAGE` (64 KiB) messages while small devices keep their heap.
+/// shared memory. Devices of 64 MiB or more give an eighth to the message
+/// queues (up to 16 MiB), so that every node's queue holds several
+/// `MAX_MESSAGE` (64 KiB) messages; smaller ones keep the default 256 KiB
+/// and their heap (a 16 MiB device with 2 MiB of queues left the fuzz
+/// test's pools without room).
 fn init_params(len: usize) -> InitParams {
-    let eighth = (len / 8).max(1);
+    let defaults = InitParams::default();
+    if len < 64 << 20 {
+        return defaults;
+    }
+    let eighth = len / 8;
     let pow2 = 1usize << (usize::BITS - 1 - eighth.leading_zeros());
     InitParams {
-        queue_area_len: pow2.clamp(256 << 10, 16 << 20) as u64,
-        ..InitParams::default()
+        queue_area_len: pow2.min(16 << 20) as u64,
+        ..defaults
     }
 }
 
