@@ -120,6 +120,7 @@
 pub mod addr;
 pub mod cache;
 pub mod directory;
+pub mod durable;
 pub mod error;
 pub mod protocol;
 pub mod wire;
@@ -130,6 +131,7 @@ pub use addr::{
 };
 pub use cache::{CacheEntry, PageBuf, PageCache, Rights};
 pub use directory::{DirEntry, DirectoryPage, DirectoryPages};
+pub use durable::{BLOCK_BYTES, BlockDevice, Disk, DiskError, MemDisk, Stamp};
 pub use error::DsmError;
 pub use protocol::{Access, Action, Engine, Event, PageState};
 pub use wire::{DSM_PORT, Kind, MAX_MESSAGE_LEN, Message};
