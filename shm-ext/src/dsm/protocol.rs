@@ -258,6 +258,33 @@ impl Engine {
         })
     }
 
+    /// The ranges this node is responsible for, in address order.
+    pub fn managed_ranges(&self) -> impl Iterator<Item = GlobalRange> + '_ {
+        self.managed.values().copied()
+    }
+
+    /// The ranges this node knows from directory lookups, with their
+    /// responsible nodes, in address order.
+    pub fn known_ranges(&self) -> impl Iterator<Item = (GlobalRange, u16)> + '_ {
+        self.ranges.values().copied()
+    }
+
+    /// Every touched page this node is responsible for, with its state, in
+    /// address order.
+    pub fn page_states(&self) -> impl Iterator<Item = (GlobalAddr, PageState)> + '_ {
+        self.records.iter().map(|(&p, r)| {
+            (
+                p,
+                PageState {
+                    owner: r.owner,
+                    copyset: r.copyset,
+                    version: r.version,
+                    busy: r.active.is_some() || !r.queue.is_empty(),
+                },
+            )
+        })
+    }
+
     /// True when no fault of this node waits and no transaction runs here.
     pub fn is_idle(&self) -> bool {
         self.pending.is_empty()
