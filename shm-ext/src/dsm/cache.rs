@@ -54,9 +54,13 @@ pub struct CacheEntry {
     pub owner: bool,
     /// True once the page may have been written here since it arrived.
     pub dirty: bool,
-    /// True while no persistent copy backs the page (always, until the
-    /// disk layer exists).
+    /// True while the disks may not hold this content (set on a write,
+    /// cleared when a write-back of it is acknowledged).
     pub volatile: bool,
+    /// Write-backs of this version so far (the `seq` of its stamps).
+    pub seq: u64,
+    /// When it entered the cache (engine counter), for choosing victims.
+    pub age: u64,
 }
 
 /// The cache, indexed by page global address.

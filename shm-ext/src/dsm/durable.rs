@@ -82,6 +82,16 @@ pub trait Disk {
     fn free_pages(&self) -> u64;
     /// Every stored page and its stamp, in address order.
     fn pages(&self) -> alloc::vec::Vec<(GlobalAddr, Stamp)>;
+    /// Up to `max` stored pages after `after` (from the start if `None`),
+    /// in address order.
+    fn pages_after(&self, after: Option<GlobalAddr>, max: usize) -> alloc::vec::Vec<GlobalAddr> {
+        self.pages()
+            .into_iter()
+            .map(|(a, _)| a)
+            .filter(|&a| after.is_none_or(|b| a > b))
+            .take(max)
+            .collect()
+    }
 }
 
 /// A [`Disk`] in RAM, for tests and simulations (a node that loses its
@@ -148,5 +158,15 @@ impl Disk for MemDisk {
 
     fn pages(&self) -> alloc::vec::Vec<(GlobalAddr, Stamp)> {
         self.pages.iter().map(|(a, (s, _))| (*a, *s)).collect()
+    }
+
+    fn pages_after(&self, after: Option<GlobalAddr>, max: usize) -> alloc::vec::Vec<GlobalAddr> {
+        use core::ops::Bound;
+        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+        self.pages
+            .range((from, Bound::Unbounded))
+            .map(|(a, _)| *a)
+            .take(max)
+            .collect()
     }
 }

@@ -14,6 +14,8 @@
 //! |   10 | `Busy`             | a coherence transaction on the page is in progress; try again        |
 //! |   11 | `Unexpected`       | a message that matches no protocol state (stale, duplicated, forged) |
 //! |   12 | `OutOfRange`       | an address outside the part of the space the operation covers        |
+//! |   13 | `NoDisk`           | no disk can hold the page: the node that should store it has none    |
+//! |   14 | `DiskFailed`       | a disk refused a write or read (I/O error, full, bad checksum)       |
 
 use core::fmt;
 
@@ -54,6 +56,10 @@ pub enum DsmError {
     },
     /// An address outside the part of the space the operation covers.
     OutOfRange,
+    /// No disk can hold the page: the node that should store it has none.
+    NoDisk,
+    /// A disk refused a write or read (I/O error, full, bad checksum).
+    DiskFailed,
 }
 
 impl DsmError {
@@ -72,6 +78,8 @@ impl DsmError {
             Self::Busy => 10,
             Self::Unexpected { .. } => 11,
             Self::OutOfRange => 12,
+            Self::NoDisk => 13,
+            Self::DiskFailed => 14,
         }
     }
 
@@ -90,6 +98,8 @@ impl DsmError {
             Self::Busy => "Busy",
             Self::Unexpected { .. } => "Unexpected",
             Self::OutOfRange => "OutOfRange",
+            Self::NoDisk => "NoDisk",
+            Self::DiskFailed => "DiskFailed",
         }
     }
 
@@ -99,6 +109,19 @@ impl DsmError {
         match code {
             1 => Some(Self::NotAllocated),
             3 => Some(Self::Unowned),
+            _ => None,
+        }
+    }
+
+    /// The error an acknowledgement carries (write-back, replica, release,
+    /// sync), from its code; 0 is success and not an error.
+    pub const fn from_ack_code(code: u32) -> Option<Self> {
+        match code {
+            1 => Some(Self::NotAllocated),
+            6 => Some(Self::NoSuchNode),
+            10 => Some(Self::Busy),
+            13 => Some(Self::NoDisk),
+            14 => Some(Self::DiskFailed),
             _ => None,
         }
     }
@@ -119,6 +142,8 @@ impl fmt::Display for DsmError {
             Self::Busy => f.write_str("page busy, try again"),
             Self::Unexpected { what } => write!(f, "unexpected DSM message: {what}"),
             Self::OutOfRange => f.write_str("address outside the space the operation covers"),
+            Self::NoDisk => f.write_str("no disk can hold the page"),
+            Self::DiskFailed => f.write_str("a disk refused the page"),
         }
     }
 }

@@ -11,11 +11,13 @@ use super::error::DsmError;
 /// Magic at the start of every DSM message.
 pub const MESSAGE_MAGIC: [u8; 4] = *b"DSM1";
 /// Bytes of the message header.
-pub const MESSAGE_HEADER_LEN: usize = 48;
+pub const MESSAGE_HEADER_LEN: usize = 56;
 /// Bytes of the largest message (header and one page); the transport's
 /// queues must take messages this long (the extension layer's default
 /// queues take 8,032 bytes).
 pub const MAX_MESSAGE_LEN: usize = MESSAGE_HEADER_LEN + PAGE_BYTES;
+/// Flags bit of a `WriteCopy` whose page equals its durable copy.
+pub const FLAG_CLEAN: u8 = 1;
 /// The extension-layer port DSM messages travel on.
 pub const DSM_PORT: u32 = 15;
 
@@ -39,6 +41,8 @@ pub mod field {
     pub const REASON: usize = 40;
     /// Payload length, u32.
     pub const PAYLOAD_LEN: usize = 44;
+    /// Write-back sequence within the version (stamps), u64.
+    pub const SEQ: usize = 48;
 }
 
 /// What a message asks or tells.
@@ -66,8 +70,37 @@ pub enum Kind {
     Confirm = 9,
     /// Responsible -> requester: refused (reason: a `DsmError` code).
     Nack = 10,
-    /// Responsible -> holder: the range was freed; drop the page.
+    /// Responsible -> holder: the range was freed; drop the page (from RAM
+    /// and disk).
     Drop = 11,
+    /// Owner -> responsible: store this copy durably (payload; stamp in
+    /// version and seq).
+    WriteBack = 12,
+    /// Responsible -> owner: stored on every disk that should hold it
+    /// (reason: 0, or the error code).
+    WriteBackAck = 13,
+    /// Responsible (or any holder, restoring copies) -> holder: store this
+    /// copy (payload, stamp).
+    Replicate = 14,
+    /// Holder -> sender of a Replicate: stored (reason: 0 or the error).
+    ReplicaAck = 15,
+    /// Owner -> responsible: my clean page may leave RAM; the disks have it.
+    Release = 16,
+    /// Responsible -> owner: drop it (reason 0) or keep it (reason Busy).
+    ReleaseAck = 17,
+    /// Responsible -> holder: send me your stored copy of the page.
+    Fetch = 18,
+    /// Holder -> responsible: the stored copy (payload, stamp), or none
+    /// (no payload).
+    Fetched = 19,
+    /// Initiator -> every node: make your writes in the range durable
+    /// (reason 1: write back dirty pages; reason 2: flush your disk). The
+    /// page field is the range start, version its length in pages, txn the
+    /// sync id.
+    SyncRequest = 20,
+    /// Node -> initiator: done (reason: the phase; version: 0 or an error
+    /// code).
+    SyncDone = 21,
 }
 
 impl Kind {
@@ -85,13 +118,31 @@ impl Kind {
             9 => Self::Confirm,
             10 => Self::Nack,
             11 => Self::Drop,
+            12 => Self::WriteBack,
+            13 => Self::WriteBackAck,
+            14 => Self::Replicate,
+            15 => Self::ReplicaAck,
+            16 => Self::Release,
+            17 => Self::ReleaseAck,
+            18 => Self::Fetch,
+            19 => Self::Fetched,
+            20 => Self::SyncRequest,
+            21 => Self::SyncDone,
             _ => return None,
         })
     }
 
     /// True for the kinds that carry a page.
     pub const fn carries_page(self) -> bool {
-        matches!(self, Self::ReadCopy | Self::WriteCopy)
+        matches!(
+            self,
+            Self::ReadCopy | Self::WriteCopy | Self::WriteBack | Self::Replicate
+        )
+    }
+
+    /// True for the kinds that may carry a page or not (`Fetched`).
+    pub const fn may_carry_page(self) -> bool {
+        matches!(self, Self::Fetched)
     }
 }
 
@@ -108,8 +159,13 @@ pub struct Message {
     pub page: GlobalAddr,
     /// Version tag of the page (copies, ForwardWrite), else 0.
     pub version: u64,
-    /// Refusal code for a Nack, else 0.
+    /// Refusal code for a Nack, error code of an acknowledgement, phase of
+    /// a sync message, else 0.
     pub reason: u32,
+    /// Write-back sequence within the version (messages carrying a stamp).
+    pub seq: u64,
+    /// Flag bit 0 of a copy: the page equals its durable copy on disk.
+    pub clean: bool,
     /// The page bytes, for ReadCopy and WriteCopy only.
     pub data: Option<Box<PageBuf>>,
 }
@@ -124,6 +180,8 @@ impl Message {
             page,
             version: 0,
             reason: 0,
+            seq: 0,
+            clean: false,
             data: None,
         }
     }
@@ -137,7 +195,7 @@ impl Message {
     /// `BadMessage` if `out` is too short or page bytes are missing or
     /// present against the kind.
     pub fn encode(&self, out: &mut [u8]) -> Result<usize, DsmError> {
-        if self.kind.carries_page() != self.data.is_some() {
+        if !self.kind.may_carry_page() && self.kind.carries_page() != self.data.is_some() {
             return Err(DsmError::BadMessage {
                 what: "page bytes do not match the kind",
             });
@@ -149,11 +207,13 @@ impl Message {
         out[..MESSAGE_HEADER_LEN].fill(0);
         out[field::MAGIC..field::MAGIC + 4].copy_from_slice(&MESSAGE_MAGIC);
         out[field::KIND] = self.kind as u8;
+        out[field::FLAGS] = u8::from(self.clean);
         out[field::REQUESTER..field::REQUESTER + 2].copy_from_slice(&self.requester.to_le_bytes());
         out[field::TXN..field::TXN + 8].copy_from_slice(&self.txn.to_le_bytes());
         out[field::PAGE..field::PAGE + 16].copy_from_slice(&self.page.0.to_le_bytes());
         out[field::VERSION..field::VERSION + 8].copy_from_slice(&self.version.to_le_bytes());
         out[field::REASON..field::REASON + 4].copy_from_slice(&self.reason.to_le_bytes());
+        out[field::SEQ..field::SEQ + 8].copy_from_slice(&self.seq.to_le_bytes());
         let payload = (len - MESSAGE_HEADER_LEN) as u32;
         out[field::PAYLOAD_LEN..field::PAYLOAD_LEN + 4].copy_from_slice(&payload.to_le_bytes());
         if let Some(d) = &self.data {
@@ -176,7 +236,8 @@ impl Message {
             return Err(bad("magic"));
         }
         let kind = Kind::from_u8(h[field::KIND]).ok_or(bad("unknown kind"))?;
-        if h[field::FLAGS] != 0 {
+        let flags = h[field::FLAGS];
+        if flags & !FLAG_CLEAN != 0 || (flags != 0 && !matches!(kind, Kind::WriteCopy)) {
             return Err(bad("flags"));
         }
         let u16_at = |o: usize| u16::from_le_bytes([h[o], h[o + 1]]);
@@ -202,12 +263,23 @@ impl Message {
                 return Err(bad("nack reason"));
             }
             Kind::Nack => {}
+            Kind::WriteBackAck | Kind::ReplicaAck | Kind::ReleaseAck
+                if reason != 0 && DsmError::from_ack_code(reason).is_none() =>
+            {
+                return Err(bad("acknowledgement error code"));
+            }
+            Kind::WriteBackAck | Kind::ReplicaAck | Kind::ReleaseAck => {}
+            Kind::SyncRequest | Kind::SyncDone if !(1..=2).contains(&reason) => {
+                return Err(bad("sync phase"));
+            }
+            Kind::SyncRequest | Kind::SyncDone => {}
             _ if reason != 0 => return Err(bad("reason set on a non-nack")),
             _ => {}
         }
         let payload = u32_at(field::PAYLOAD_LEN) as usize;
         let want = if kind.carries_page() { PAGE_BYTES } else { 0 };
-        if payload != want {
+        let optional = kind.may_carry_page() && (payload == 0 || payload == PAGE_BYTES);
+        if payload != want && !optional {
             return Err(bad("payload length does not match the kind"));
         }
         if bytes.len() != MESSAGE_HEADER_LEN + payload {
@@ -227,6 +299,8 @@ impl Message {
             page,
             version: u64_at(field::VERSION),
             reason,
+            seq: u64_at(field::SEQ),
+            clean: flags & FLAG_CLEAN != 0,
             data,
         })
     }
