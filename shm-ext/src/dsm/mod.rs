@@ -133,5 +133,5 @@ pub use cache::{CacheEntry, PageBuf, PageCache, Rights};
 pub use directory::{DirEntry, DirectoryPage, DirectoryPages};
 pub use durable::{BLOCK_BYTES, BlockDevice, Disk, DiskError, MemDisk, Stamp};
 pub use error::DsmError;
-pub use protocol::{Access, Action, Engine, Event, PageState};
+pub use protocol::{Access, Action, Engine, Event, PageState, Policy, Stats};
 pub use wire::{DSM_PORT, Kind, MAX_MESSAGE_LEN, Message};

@@ -4,10 +4,12 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use shm_ext::dsm::protocol::Policy;
 use shm_ext::dsm::{
     Access, Action, AddressGenerator, DirectoryPages, DsmError, Engine, Event, GlobalAddr,
-    GlobalRange, MAX_MESSAGE_LEN, Message, PAGE_BYTES, PAGE_SIZE, PageBuf, Rights, Space,
+    GlobalRange, MAX_MESSAGE_LEN, MemDisk, Message, PAGE_BYTES, PAGE_SIZE, PageBuf, Rights, Space,
 };
+use shm_ext::shm::NodeSet;
 
 /// Directory pages in a map; blank (all-zero) where never written.
 pub struct MemStore {
@@ -98,6 +100,12 @@ pub struct Sim {
     pub completed: usize,
     pub delivered: usize,
     next_value: u64,
+    /// Syncs reported finished: (node, id, result).
+    pub synced: Vec<(u16, u64, Result<(), DsmError>)>,
+    /// Nodes taken out of the cluster (their messages are dropped).
+    pub lost: Vec<bool>,
+    /// The ranges and their responsible nodes, as the directory has them.
+    pub ranges: Vec<(GlobalRange, u16)>,
 }
 
 fn word(bytes: &[u8], w: usize) -> u64 {
@@ -136,7 +144,98 @@ impl Sim {
             completed: 0,
             delivered: 0,
             next_value: 1,
+            synced: Vec::new(),
+            lost: vec![false; usize::from(nodes)],
+            ranges: ranges.to_vec(),
         }
+    }
+
+    /// Gives every node a RAM disk and the policy: `copies` per page, at
+    /// most `ram_pages` pages in RAM.
+    pub fn with_disks(mut self, copies: u16, ram_pages: usize) -> Self {
+        for e in &mut self.engines {
+            e.set_disk(Box::new(MemDisk::new(u64::MAX)), true);
+            e.set_policy(Policy {
+                copies,
+                ram_pages,
+                ..Policy::default()
+            });
+        }
+        self
+    }
+
+    /// Starts a sync of `range` on `node`; returns its id.
+    pub fn sync(&mut self, node: u16, range: GlobalRange) -> u64 {
+        let mut out = Vec::new();
+        let id = self.engines[usize::from(node)]
+            .sync(range, &mut out)
+            .unwrap();
+        self.apply(node, out);
+        id
+    }
+
+    /// Every engine stops (RAM lost) and a new one starts on the same
+    /// disk, learning the ranges from the directory; nodes in `without`
+    /// are gone with their disks. Returns the new live set.
+    pub fn restart(&mut self, without: &[u16]) -> NodeSet {
+        let nodes = self.engines.len() as u16;
+        let mut live = NodeSet::default();
+        for n in 0..nodes {
+            if !without.contains(&n) {
+                live.insert(n);
+            }
+        }
+        self.net.clear();
+        for n in 0..nodes {
+            let old = &mut self.engines[usize::from(n)];
+            let disk = old.take_disk();
+            let policy = old.policy().clone();
+            let mut e = Engine::new(n, nodes).unwrap();
+            e.set_policy(policy);
+            if let Some(d) = disk
+                && !without.contains(&n)
+            {
+                e.set_disk(d, true);
+            }
+            for &(r, resp) in &self.ranges {
+                e.map_range(r, resp).unwrap();
+            }
+            let mut out = Vec::new();
+            e.set_live(live, &mut out).unwrap();
+            assert!(out.is_empty(), "a fresh engine has nothing to do");
+            self.engines[usize::from(n)] = e;
+            self.mapped[usize::from(n)].clear();
+            self.blocked[usize::from(n)] = None;
+            self.resumed[usize::from(n)] = false;
+            self.lost[usize::from(n)] = without.contains(&n);
+        }
+        live
+    }
+
+    /// Every live node sends the pages on its disk to their other holders.
+    pub fn rereplicate(&mut self) {
+        for n in 0..self.engines.len() as u16 {
+            if self.lost[usize::from(n)] {
+                continue;
+            }
+            let mut after = None;
+            loop {
+                let mut out = Vec::new();
+                after = self.engines[usize::from(n)].rereplicate(after, 16, &mut out);
+                self.apply(n, out);
+                if after.is_none() {
+                    break;
+                }
+            }
+        }
+    }
+
+    /// A random live node that is not blocked.
+    pub fn idle_live(&self, rng: &mut Rng) -> Option<u16> {
+        let idle: Vec<u16> = (0..self.engines.len() as u16)
+            .filter(|&n| self.blocked[usize::from(n)].is_none() && !self.lost[usize::from(n)])
+            .collect();
+        (!idle.is_empty()).then(|| idle[rng.below(idle.len())])
     }
 
     fn apply(&mut self, node: u16, actions: Vec<Action>) {
@@ -167,6 +266,7 @@ impl Sim {
                         self.resumed[usize::from(node)] = true;
                     }
                 }
+                Action::Synced { id, result } => self.synced.push((node, id, result)),
             }
         }
         // Applied in order, the actions leave the mappings as the cache is
@@ -292,8 +392,26 @@ impl Sim {
     pub fn deliver(&mut self, i: usize) {
         let m = self.net.swap_remove(i);
         let nodes = self.engines.len() as u16;
+        if self.lost[usize::from(m.to)] || self.lost[usize::from(m.from)] {
+            return;
+        }
         let msg = Message::decode(&m.bytes, nodes).unwrap();
         self.delivered += 1;
+        if std::env::var_os("DSM_TRACE").is_some() {
+            eprintln!(
+                "{} -> {}: {:?} req {} txn {} {} v{} s{} r{} clean {}",
+                m.from,
+                m.to,
+                msg.kind,
+                msg.requester,
+                msg.txn,
+                msg.page,
+                msg.version,
+                msg.seq,
+                msg.reason,
+                msg.clean
+            );
+        }
         self.handle(m.to, Event::Message { from: m.from, msg })
             .unwrap();
         for node in 0..nodes {
@@ -304,7 +422,7 @@ impl Sim {
     /// One random step: deliver a random message or start a random op.
     pub fn step(&mut self, rng: &mut Rng, write_percent: u64) {
         let idle: Vec<u16> = (0..self.engines.len() as u16)
-            .filter(|&n| self.blocked[usize::from(n)].is_none())
+            .filter(|&n| self.blocked[usize::from(n)].is_none() && !self.lost[usize::from(n)])
             .collect();
         if !self.net.is_empty() && (idle.is_empty() || rng.below(2) == 0) {
             let i = rng.below(self.net.len());
@@ -344,7 +462,12 @@ impl Sim {
             "ops still blocked: {:?}",
             self.blocked
         );
-        assert!(self.engines.iter().all(Engine::is_idle));
+        assert!(
+            self.engines
+                .iter()
+                .zip(&self.lost)
+                .all(|(e, &lost)| lost || e.is_idle())
+        );
     }
 
     /// Single writer / many readers: at most one node may write a page and
@@ -357,7 +480,7 @@ impl Sim {
             let mut readers = 0;
             let mut owners = 0;
             let mut version = None;
-            for e in &self.engines {
+            for (e, _) in self.engines.iter().zip(&self.lost).filter(|(_, l)| !**l) {
                 let Some(c) = e.cache().get(*page) else {
                     continue;
                 };
