@@ -287,10 +287,4 @@ fn a_sync_without_disks_names_the_missing_disk() {
     sim.settle(&mut rng);
     let (_, _, r) = sim.synced.iter().find(|s| s.1 == id).unwrap();
     assert_eq!(*r, Err(shm_ext::dsm::DsmError::NoDisk));
-    let _ = (
-        Access::Read,
-        Event::Evict {
-            addr: GlobalAddr(0),
-        },
-    );
 }
