@@ -75,6 +75,17 @@ pub struct Args {
     pub boot_exit: bool,
     /// Skip the banner and the PCI listing.
     pub quiet: bool,
+    /// `dsm.copies=N`: disks holding each durable DSM page (default 2).
+    pub dsm_copies: Option<u16>,
+    /// `dsm.ram=PAGES`: DSM pages this node keeps in RAM before paging
+    /// out (default: half the kernel heap).
+    pub dsm_ram_pages: Option<usize>,
+    /// `dsm.migrate=N`: read requests in a row from one group that move a
+    /// page's ownership (0: never; default 3).
+    pub dsm_migrate: Option<u32>,
+    /// `dsm.groups=G0.G1.…`: the group of node 0, 1, … (migration and
+    /// replica placement prefer the same group).
+    pub dsm_groups: Option<&'static str>,
 }
 
 impl Args {
@@ -92,6 +103,10 @@ impl Args {
                 "test" => args.test = true,
                 "boot.exit" => args.boot_exit = true,
                 "quiet" => args.quiet = true,
+                "dsm.copies" => args.dsm_copies = number(key, value),
+                "dsm.ram" => args.dsm_ram_pages = number(key, value),
+                "dsm.migrate" => args.dsm_migrate = number(key, value),
+                "dsm.groups" => args.dsm_groups = Some(value),
                 "test.only" => args.test_only = Some(value),
                 "test.skip" => args.test_skip = number(key, value).unwrap_or(0),
                 "test.demo_failures" => args.test_demo_failures = true,

@@ -88,7 +88,7 @@ fn run_node(args: &cmdline::Args) -> bool {
     }
     syscall::basic::set_node(args.node, node);
     if let Some(node) = node {
-        dsm::init(node);
+        dsm::init(node, args);
     }
     if let (Some(node), Some(n)) = (node, args.cluster_wait_live) {
         // Apps that talk to other nodes expect them to be there. Seeing n
@@ -110,6 +110,9 @@ fn run_node(args: &cmdline::Args) -> bool {
                 .filter(|&i| node.shm().progress(i).unwrap_or(0) >= READY);
             ready.count() >= n as usize
         });
+    }
+    if let Some(node) = node {
+        dsm::recover(node);
     }
     let ok = apps::run(args, node);
     if let Some(node) = node {

@@ -50,6 +50,8 @@
 //! | 42 | `dsm_unmap` | addr (from `dsm_map`) | 0 |
 //! | 43 | `dsm_free` | gaddr_lo, gaddr_hi, len (the whole range, on the node that allocated it) | 0 |
 //! | 44 | `dsm_stat` | gaddr_lo, gaddr_hi, out_ptr ([`DsmStat`]) | 0; the page's directory entry and what this node knows of it |
+//! | 45 | `dsm_sync` | gaddr_lo, gaddr_hi, len (whole pages of one range) | 0 once every node's writes to the range, and the directory, are on their disks (`NoDevice` without disks, `Io` if a disk failed) |
+//! | 46 | `dsm_info` | out_ptr ([`DsmInfo`]) | 0; this node's paging, disk and migration counters |
 //!
 //! Port 15 is the kernel's DSM port: message calls on it are
 //! `PermissionDenied`.
@@ -83,7 +85,8 @@
 //! | 12 | `NotLive` | the node is not live in the cluster (or there is no cluster) |
 //! | 13 | `Corrupt` | the shared memory is damaged |
 //! | 14 | `TooLarge` | a length exceeds the call's limit |
-//! | 15 | `NoDevice` | no shared memory device |
+//! | 15 | `NoDevice` | no shared memory device (or, for `dsm_sync`, no disk) |
+//! | 16 | `Io` | a disk failed (I/O error, full, or a page failed its checksum) |
 #![no_std]
 
 use core::fmt;
@@ -166,11 +169,15 @@ pub enum Call {
     DsmFree = 43,
     /// Reports a DSM page's directory entry and coherence state.
     DsmStat = 44,
+    /// Makes a DSM range durable on the disks.
+    DsmSync = 45,
+    /// Reports this node's DSM paging, disk and migration counters.
+    DsmInfo = 46,
 }
 
 impl Call {
     /// Every call, in number order.
-    pub const ALL: [Call; 37] = [
+    pub const ALL: [Call; 39] = [
         Call::Exit,
         Call::Write,
         Call::Yield,
@@ -208,6 +215,8 @@ impl Call {
         Call::DsmUnmap,
         Call::DsmFree,
         Call::DsmStat,
+        Call::DsmSync,
+        Call::DsmInfo,
     ];
 
     /// The call with number `n`, if there is one.
@@ -250,6 +259,8 @@ impl Call {
             42 => Call::DsmUnmap,
             43 => Call::DsmFree,
             44 => Call::DsmStat,
+            45 => Call::DsmSync,
+            46 => Call::DsmInfo,
             _ => return None,
         })
     }
@@ -299,6 +310,8 @@ impl Call {
             Call::DsmUnmap => "dsm_unmap",
             Call::DsmFree => "dsm_free",
             Call::DsmStat => "dsm_stat",
+            Call::DsmSync => "dsm_sync",
+            Call::DsmInfo => "dsm_info",
         }
     }
 }
@@ -335,13 +348,15 @@ pub enum Error {
     Corrupt = 13,
     /// A length exceeds the call's limit.
     TooLarge = 14,
-    /// No shared memory device.
+    /// No shared memory device (or no disk).
     NoDevice = 15,
+    /// A disk failed.
+    Io = 16,
 }
 
 impl Error {
     /// Every error, in code order.
-    pub const ALL: [Error; 15] = [
+    pub const ALL: [Error; 16] = [
         Error::InvalidArgument,
         Error::BadAddress,
         Error::Unsupported,
@@ -357,6 +372,7 @@ impl Error {
         Error::Corrupt,
         Error::TooLarge,
         Error::NoDevice,
+        Error::Io,
     ];
 
     /// The positive error code.
@@ -391,6 +407,7 @@ impl Error {
             Error::Corrupt => "Corrupt",
             Error::TooLarge => "TooLarge",
             Error::NoDevice => "NoDevice",
+            Error::Io => "Io",
         }
     }
 }
@@ -495,6 +512,38 @@ pub struct DsmStat {
     pub managed_copyset: u64,
     /// On the responsible node: the version tag, else 0.
     pub managed_version: u64,
+}
+
+/// What `dsm_info` writes at `out_ptr`: this node's DSM counters.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DsmInfo {
+    /// Owned pages that left this node's RAM for the disks.
+    pub page_outs: u64,
+    /// Pages this node brought back from a disk (as responsible node).
+    pub page_ins: u64,
+    /// Read copies dropped to make room.
+    pub dropped_copies: u64,
+    /// Write-backs this node sent.
+    pub write_backs: u64,
+    /// Copies stored on this node's disk.
+    pub stored: u64,
+    /// Ownership moves the migration controller decided here.
+    pub migrations: u64,
+    /// Disk operations that failed here.
+    pub disk_errors: u64,
+    /// Pages in this node's RAM cache now.
+    pub cached_pages: u64,
+    /// The RAM budget in pages.
+    pub ram_pages: u64,
+    /// Pages on this node's disk (0 without a disk).
+    pub disk_pages: u64,
+    /// Pages the disk can still take.
+    pub disk_free: u64,
+    /// 1 if this node has a disk.
+    pub has_disk: u64,
+    /// Live nodes as the DSM counts them (bit N = node N).
+    pub live: u64,
 }
 
 /// What `pool_stat` writes at `out_ptr`.

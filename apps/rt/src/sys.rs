@@ -289,6 +289,22 @@ pub fn dsm_free(gaddr: u128, len: u64) -> Result<(), Error> {
     ))
 }
 
+/// Makes the `len` bytes of DSM range at `gaddr` durable: returns once
+/// every node's writes to it, and the directory, are on their disks.
+pub fn dsm_sync(gaddr: u128, len: u64) -> Result<(), Error> {
+    unit(call(
+        Call::DsmSync,
+        [gaddr as u64, (gaddr >> 64) as u64, len, 0, 0, 0],
+    ))
+}
+
+/// This node's DSM paging, disk and migration counters.
+pub fn dsm_info() -> Result<shmos_abi::DsmInfo, Error> {
+    let mut out = shmos_abi::DsmInfo::default();
+    call(Call::DsmInfo, [&mut out as *mut _ as u64, 0, 0, 0, 0, 0])?;
+    Ok(out)
+}
+
 /// The directory entry and coherence state of the DSM page at `gaddr`.
 pub fn dsm_stat(gaddr: u128) -> Result<shmos_abi::DsmStat, Error> {
     let mut out = shmos_abi::DsmStat::default();

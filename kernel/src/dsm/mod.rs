@@ -26,6 +26,7 @@
 //! lock keeps interrupts off), so no CPU writes a page the engine sends.
 
 pub mod directory;
+pub mod disk;
 pub mod fault;
 pub mod transport;
 
@@ -35,7 +36,8 @@ use crate::task::{self, Events, Pid};
 use alloc::collections::{BTreeMap, VecDeque};
 use alloc::vec::Vec;
 use shm_ext::dsm::{
-    Action, AddressGenerator, DsmError, Engine, Event, GlobalAddr, PAGE_SIZE, Rights, Space,
+    Action, AddressGenerator, DsmError, Engine, Event, GlobalAddr, PAGE_SIZE, Policy, Rights,
+    Space,
 };
 
 /// The process number of the kernel's own DSM traffic in extension-layer
@@ -89,6 +91,10 @@ pub struct Dsm {
     rx: Vec<u8>,
     /// Messages refused (bad sender, undecodable, rejected by the engine).
     pub refused: u64,
+    /// Syncs that finished, by id, with their results.
+    synced: BTreeMap<u64, Result<(), DsmError>>,
+    /// Where restoring the disk's copies goes on (`None`: not running).
+    rereplicating: Option<Option<GlobalAddr>>,
 }
 
 static DSM: IrqMutex<Option<Dsm>> = IrqMutex::new(None);
@@ -107,17 +113,47 @@ fn generator(node: &Node, space: Space) -> Result<AddressGenerator, DsmError> {
     AddressGenerator::resume(node.id, space, GlobalAddr(at)).or(Ok(base))
 }
 
+/// The engine's policy from the command line (`dsm.copies`, `dsm.ram`,
+/// `dsm.migrate`, `dsm.groups`).
+fn policy(args: &crate::cmdline::Args) -> Policy {
+    let mut p = Policy::default();
+    if let Some(c) = args.dsm_copies {
+        p.copies = c.max(1);
+    }
+    // Pages live in the kernel heap: half of it by default.
+    p.ram_pages = args
+        .dsm_ram_pages
+        .unwrap_or(crate::memory::heap::size() / 2 / PAGE_SIZE as usize)
+        .max(16);
+    if let Some(m) = args.dsm_migrate {
+        p.migrate_after = m;
+    }
+    if let Some(g) = args.dsm_groups {
+        p.groups = g.split('.').filter_map(|x| x.parse().ok()).collect();
+    }
+    p
+}
+
 /// Starts this node's engine (after the cluster join; the cluster's node
-/// table size is the engine's node count).
-pub fn init(node: &'static Node) {
+/// table size is the engine's node count), with its disk if it has one.
+pub fn init(node: &'static Node, args: &crate::cmdline::Args) {
     let r = (|| -> Result<Dsm, DsmError> {
         let nodes = node.shm().max_nodes();
         let rx_len = node
             .shm()
             .msg_max_len(node.id)
             .unwrap_or(shm_ext::dsm::MAX_MESSAGE_LEN);
+        let mut engine = Engine::new(node.id, nodes)?;
+        engine.set_policy(policy(args));
+        if let Some((disk, complete)) = disk::open(node.id, args.quiet) {
+            if !disk.pages().is_empty() {
+                // A restarted node: ranges come from the directory first.
+                engine.set_not_ready();
+            }
+            engine.set_disk(disk, complete);
+        }
         Ok(Dsm {
-            engine: Engine::new(node.id, nodes)?,
+            engine,
             node,
             maps: Vec::new(),
             outbox: VecDeque::new(),
@@ -126,6 +162,8 @@ pub fn init(node: &'static Node) {
             dir: generator(node, Space::Directory)?,
             rx: alloc::vec![0; rx_len.max(shm_ext::dsm::MAX_MESSAGE_LEN)],
             refused: 0,
+            synced: BTreeMap::new(),
+            rereplicating: None,
         })
     })();
     match r {
@@ -169,6 +207,7 @@ pub fn pump_background() -> Option<u64> {
     let served = with(|d| {
         let n = transport::receive(d);
         transport::flush(d);
+        d.rereplicate_step();
         n
     })
     .unwrap_or(0);
@@ -192,6 +231,11 @@ pub fn pump() {
 }
 
 impl Dsm {
+    /// The result of sync `id`, once it finished (taken).
+    pub fn take_synced(&mut self, id: u64) -> Option<Result<(), DsmError>> {
+        self.synced.remove(&id)
+    }
+
     /// How many `Resume`s page `page` saw so far.
     pub fn resume_count(&self, page: GlobalAddr) -> u64 {
         self.resumes.get(&page).map_or(0, |r| r.0)
@@ -221,6 +265,10 @@ impl Dsm {
                 Action::Resume { page, result } => {
                     let e = self.resumes.entry(page).or_insert((0, Ok(())));
                     *e = (e.0.wrapping_add(1), result);
+                    task::notify(RESUMED);
+                }
+                Action::Synced { id, result } => {
+                    self.synced.insert(id, result);
                     task::notify(RESUMED);
                 }
             }
@@ -276,3 +324,104 @@ pub fn process_exited(pid: Pid) {
 
 /// Bytes in a DSM page, as the kernel's u64.
 pub const PAGE: u64 = PAGE_SIZE as u64;
+
+/// Pages restored per background step (bounded: each is a 4 KiB message
+/// in the outbox until the peer's queue takes it).
+const REREPLICATE_BATCH: usize = 32;
+
+impl Dsm {
+    /// Restores another batch of the disk's copies, while the outbox is
+    /// nearly empty.
+    fn rereplicate_step(&mut self) {
+        let Some(after) = self.rereplicating else {
+            return;
+        };
+        if self.outbox.len() > 4 {
+            return;
+        }
+        let mut out = Vec::new();
+        let next = self.engine.rereplicate(after, REREPLICATE_BATCH, &mut out);
+        self.apply(out);
+        self.rereplicating = next.map(Some);
+        if next.is_none() {
+            crate::kprintln!("node {}: DSM copies restored", self.node.id);
+        }
+    }
+}
+
+/// Brings the DSM back after a (re)start, once the cluster's nodes are
+/// live: learns the ranges from the directory (a node with stored pages
+/// serves requests for them only then), moves the address generators past
+/// what earlier incarnations handed out, counts the live nodes (a node
+/// missing now passes its ranges to the next live one), and starts
+/// restoring the copies the lost nodes held.
+pub fn recover(node: &'static Node) {
+    let Some(stored) = with(|d| d.engine.disk().map(|disk| disk.pages().len())) else {
+        return;
+    };
+    let live = node.live();
+    let walked = match stored {
+        Some(n) if n > 0 => learn_ranges(node),
+        _ => Ok(0),
+    };
+    if let Err(e) = walked {
+        crate::kprintln!("node {}: DSM: cannot read the directory: {e}", node.id);
+    }
+    with(|d| {
+        let mut out = Vec::new();
+        let _ = d.engine.set_live(live, &mut out);
+        let _ = d.engine.set_ready(&mut out);
+        d.apply(out);
+        if stored.is_some_and(|n| n > 0) && walked.is_ok() {
+            d.rereplicating = Some(None);
+        }
+    });
+}
+
+/// Walks the directory: every range is made known to the engine, and the
+/// generators skip this node's ranges and directory pages.
+fn learn_ranges(node: &'static Node) -> Result<usize, DsmError> {
+    use shm_ext::dsm::directory as dir;
+    let entries = {
+        let _guard = directory::lock()?;
+        dir::ranges(&mut directory::KernelDirectory)?
+    };
+    with(|d| {
+        let me = node.id;
+        let mut data_end = None;
+        for e in &entries {
+            let Ok(r) = e.range() else { continue };
+            let _ = d.engine.map_range(r, e.responsible);
+            if r.start().data_slice_node() == Some(me) {
+                data_end = data_end.max(Some(r.last()));
+            }
+        }
+        if let Some(last) = data_end {
+            let next = GlobalAddr(last.0.saturating_add(1));
+            if next > d.data.next()
+                && let Ok(g) = AddressGenerator::resume(me, Space::Data, next)
+            {
+                d.data = g;
+            }
+        }
+        // Directory pages of this node's slice that earlier incarnations
+        // wrote are on its disk.
+        let dir_last = d.engine.disk().and_then(|disk| {
+            disk.pages()
+                .into_iter()
+                .map(|(p, _)| p)
+                .filter(|p| p.directory_slice_node() == Some(me))
+                .max()
+        });
+        if let Some(last) = dir_last {
+            let next = GlobalAddr(last.0.saturating_add(PAGE_SIZE));
+            if next > d.dir.next()
+                && let Ok(g) = AddressGenerator::resume(me, Space::Directory, next)
+            {
+                d.dir = g;
+            }
+        }
+        entries.len()
+    })
+    .ok_or(DsmError::NoSuchNode)
+}

@@ -13,7 +13,7 @@ use crate::user;
 use shm_ext::dsm::Rights;
 use shm_ext::dsm::directory;
 use shm_ext::dsm::{DsmError, GlobalAddr, GlobalRange};
-use shmos_abi::{DsmStat, Error, MAP_FLAGS, MAP_WRITABLE};
+use shmos_abi::{DsmInfo, DsmStat, Error, MAP_FLAGS, MAP_WRITABLE};
 
 /// Damage reports printed so far (bounded, as for the extension layer).
 static DAMAGE_REPORTS: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(0);
@@ -38,6 +38,8 @@ pub fn dsm_error(e: DsmError) -> Error {
         DsmError::Exhausted => Error::OutOfMemory,
         DsmError::NoAccess => Error::PermissionDenied,
         DsmError::Busy => Error::Busy,
+        DsmError::NoDisk => Error::NoDevice,
+        DsmError::DiskFailed => Error::Io,
     }
 }
 
@@ -173,6 +175,76 @@ pub fn dsm_free(a: &Args) -> SysResult {
         }
     });
     result.map(|()| 0)
+}
+
+/// How long a sync may take before it fails `Busy` (a node that stops
+/// answering does not hang the caller forever).
+const SYNC_TIMEOUT_NS: u64 = 600_000_000_000;
+
+/// `dsm_sync(gaddr_lo, gaddr_hi, len)`: returns once every node's writes to
+/// the pages of one range, and the directory pages, are on their disks.
+pub fn dsm_sync(a: &Args) -> SysResult {
+    let (start, len) = (gaddr(a, 0), a.get(2));
+    ready()?;
+    let want = GlobalRange::new(start, u128::from(len)).map_err(dsm_error)?;
+    if start.in_directory_space() {
+        return Err(Error::NotFound);
+    }
+    let (range, _) = {
+        let _guard = kdir::lock().map_err(dsm_error)?;
+        directory::resolve(&mut KernelDirectory, start).map_err(dsm_error)?
+    };
+    if want.last() > range.last() {
+        return Err(Error::NotFound);
+    }
+    let id = dsm::with(|d| {
+        let mut out = alloc::vec::Vec::new();
+        let id = d.engine.sync(want, &mut out);
+        d.apply(out);
+        id
+    })
+    .ok_or(Error::NoDevice)?
+    .map_err(dsm_error)?;
+    let mut result = Err(Error::Busy);
+    let deadline = crate::time::now_ns().saturating_add(SYNC_TIMEOUT_NS);
+    let _ = task::wait_event(dsm::wait_events(), Some(deadline), || {
+        dsm::pump();
+        match dsm::with(|d| d.take_synced(id)).flatten() {
+            Some(r) => {
+                result = r.map_err(dsm_error);
+                true
+            }
+            None => false,
+        }
+    });
+    result.map(|()| 0)
+}
+
+/// `dsm_info(out_ptr)`: this node's paging, disk and migration counters.
+pub fn dsm_info(a: &Args) -> SysResult {
+    user::check(a.get(0), size_of::<DsmInfo>(), true)?;
+    let info = dsm::with(|d| {
+        let s = d.engine.stats();
+        let disk = d.engine.disk();
+        DsmInfo {
+            page_outs: s.page_outs,
+            page_ins: s.page_ins,
+            dropped_copies: s.dropped_copies,
+            write_backs: s.write_backs,
+            stored: s.stored,
+            migrations: s.migrations,
+            disk_errors: s.disk_errors,
+            cached_pages: d.engine.cache().len() as u64,
+            ram_pages: d.engine.policy().ram_pages as u64,
+            disk_pages: disk.map_or(0, |k| k.pages().len() as u64),
+            disk_free: disk.map_or(0, |k| k.free_pages()),
+            has_disk: u64::from(disk.is_some()),
+            live: d.engine.live().0,
+        }
+    })
+    .ok_or(Error::NoDevice)?;
+    user::write_value(a.get(0), &info)?;
+    Ok(0)
 }
 
 fn halves(g: GlobalAddr) -> [u64; 2] {

@@ -122,6 +122,8 @@ pub fn handle(call: Call, a: &Args) -> SysResult {
         Call::DsmUnmap => dsm::dsm_unmap(a),
         Call::DsmFree => dsm::dsm_free(a),
         Call::DsmStat => dsm::dsm_stat(a),
+        Call::DsmSync => dsm::dsm_sync(a),
+        Call::DsmInfo => dsm::dsm_info(a),
     }
 }
 

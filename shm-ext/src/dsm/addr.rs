@@ -74,6 +74,15 @@ impl GlobalAddr {
         }
         Some((self.0 / DIRECTORY_SLICE) as u16)
     }
+
+    /// The node whose slice of the data space holds this address (whose
+    /// generator hands it out).
+    pub const fn data_slice_node(self) -> Option<u16> {
+        if self.in_directory_space() {
+            return None;
+        }
+        Some(((self.0 - DATA_SPACE_START) / DATA_SLICE) as u16)
+    }
 }
 
 impl fmt::Display for GlobalAddr {

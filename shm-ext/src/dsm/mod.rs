@@ -36,7 +36,17 @@
 //! |    8 | WriteCopy     | owner -> requester          | page and ownership, read-write (4 KiB payload); from the responsible node itself for a never-touched page (zeros) |
 //! |    9 | Confirm       | requester -> responsible    | installed: the transaction is over               |
 //! |   10 | Nack          | responsible -> requester    | refused: reason `NotAllocated` or `Unowned`      |
-//! |   11 | Drop          | responsible -> holders      | the range was freed; drop the page               |
+//! |   11 | Drop          | responsible -> holders      | the range was freed; drop the page (RAM and disk) |
+//! |   12 | WriteBack     | owner -> responsible        | store this copy (4 KiB payload, stamp)           |
+//! |   13 | WriteBackAck  | responsible -> owner        | on every holder's disk (reason: 0 or error code) |
+//! |   14 | Replicate     | responsible/holder -> holder | store this copy (payload, stamp)                |
+//! |   15 | ReplicaAck    | holder -> sender            | stored (reason: 0 or error code)                 |
+//! |   16 | Release       | owner -> responsible        | my clean page leaves RAM; serve it from disk     |
+//! |   17 | ReleaseAck    | responsible -> owner        | drop it (0) or keep it (`Busy`)                  |
+//! |   18 | Fetch         | responsible -> holder       | send me your stored copy                         |
+//! |   19 | Fetched       | holder -> responsible       | the stored copy (payload, stamp) or none         |
+//! |   20 | SyncRequest   | initiator -> every node     | phase 1: write back your dirty pages of the range; phase 2: flush your disk |
+//! |   21 | SyncDone      | node -> initiator           | phase done (version: 0 or error code)            |
 //!
 //! Read fault: ReadRequest; the responsible node sends ForwardRead to the
 //! owner, which downgrades itself to read and sends ReadCopy; the requester
@@ -52,22 +62,43 @@
 //! handles them within the same call. An owner never drops its page except
 //! by handing it to the next writer, or on Drop.
 //!
+//! # Disks: write-back, replication, paging, recovery ([`durable`])
+//!
+//! Every page of a range has `copies` disk holders: the range's (acting)
+//! responsible node, then the next live nodes in id order, those of its
+//! group first. An owner writes a dirty page back to the responsible node,
+//! which stores it and replicates it to the other holders before it
+//! acknowledges; copies are ordered by a [`Stamp`] (version tag, then the
+//! owner's write-back count), so a late or repeated copy never replaces a
+//! newer one. A page in no node's RAM is loaded by the responsible node
+//! from its disk (or fetched from another holder when its own disk was
+//! reformatted or it stands in for a lost node) and handed out as a
+//! `WriteCopy` flagged clean. The policy controller keeps at most
+//! `ram_pages` pages in RAM: read copies are dropped, and clean owned pages
+//! are released to the disks (dirty ones written back first). `sync` runs
+//! two phases over every live node: write back the range's dirty pages and
+//! the directory pages, then flush every disk. A lost node's ranges pass to
+//! the next live node, the first holder after it, and `rereplicate`
+//! restores the copies. The migration controller moves ownership to a
+//! reader whose group sent the last `migrate_after` requests for the page.
+//!
 //! # Messages on the wire (little-endian; [`wire`])
 //!
 //! | offset | size | field          | value                                                  |
 //! |-------:|-----:|----------------|--------------------------------------------------------|
 //! |      0 |    4 | magic          | `b"DSM1"`                                              |
-//! |      4 |    1 | kind           | 1..=11, as above                                       |
-//! |      5 |    1 | flags          | 0                                                      |
+//! |      4 |    1 | kind           | 1..=21, as above                                       |
+//! |      5 |    1 | flags          | bit 0 on a WriteCopy: the page equals its disk copy; else 0 |
 //! |      6 |    2 | requester      | node whose fault the transaction serves (< nodes)      |
 //! |      8 |    8 | txn            | the requester's transaction id                         |
 //! |     16 |   16 | page           | global address of the page (page-aligned)              |
-//! |     32 |    8 | version        | version tag (copies, ForwardWrite), else 0             |
-//! |     40 |    4 | reason         | Nack: the `DsmError` code (1 or 3); else 0             |
-//! |     44 |    4 | payload length | 4096 for ReadCopy and WriteCopy, else 0                |
-//! |     48 | 4096 | page           | the page bytes (ReadCopy, WriteCopy only)              |
+//! |     32 |    8 | version        | version tag (copies, ForwardWrite, stamps); sync: range pages; SyncDone: error code |
+//! |     40 |    4 | reason         | Nack: the `DsmError` code (1 or 3); acks: 0 or a code; sync: the phase (1, 2); else 0 |
+//! |     44 |    4 | payload length | 4096 for ReadCopy, WriteCopy, WriteBack, Replicate; 0 or 4096 for Fetched; else 0 |
+//! |     48 |    8 | seq            | the stamp's write-back count (WriteBack, Replicate, Fetched, acks) |
+//! |     56 | 4096 | page           | the page bytes                                         |
 //!
-//! The longest message is [`MAX_MESSAGE_LEN`] = 4,144 bytes: the transport
+//! The longest message is [`MAX_MESSAGE_LEN`] = 4,152 bytes: the transport
 //! (extension-layer queues, port [`DSM_PORT`]) must take that much; the
 //! default queues take 8,032. Decoding checks every field and the exact
 //! length; a bad message is `BadMessage` or `NoSuchNode`, never a panic.

@@ -1202,7 +1202,13 @@ impl Engine {
                 age: self.age,
             },
         );
-        out.push(Action::Map { page, rights });
+        // A clean page is mapped read-only even for its writer, so that
+        // the first store faults and marks it dirty.
+        let mapped = if msg.clean { Rights::Read } else { rights };
+        out.push(Action::Map {
+            page,
+            rights: mapped,
+        });
         out.push(Action::Resume {
             page,
             result: Ok(()),
