@@ -128,13 +128,13 @@ pub fn run(spec: &ClusterSpec, opts: RunOptions, mut say: impl FnMut(&str)) -> R
     ));
     say(&match &spec.disks {
         Some(dir) => format!(
-            "shmos: disks {}/node-N.img (new ones {} MiB, sparse; kept)",
+            "shmos: disks {}/node-N.img (new ones {}, sparse; kept)",
             dir.display(),
-            spec.disk_size >> 20
+            crate::disk::describe_size(spec.disk_size)
         ),
         None => format!(
-            "shmos: temporary disks of {} MiB per node (removed with the cluster)",
-            spec.disk_size >> 20
+            "shmos: temporary disks of {} per node (removed with the cluster)",
+            crate::disk::describe_size(spec.disk_size)
         ),
     });
     let start = Instant::now();

@@ -17,6 +17,16 @@ pub const BLOCK_SIZE: u64 = 4096;
 /// Largest disk the tool creates (sparse, but a guest could fill it).
 pub const MAX_DISK_SIZE: u64 = 1 << 40;
 
+/// A size for people: `256 MiB`, `64 KiB`, `1 GiB` (whole units only).
+pub fn describe_size(bytes: u64) -> String {
+    match bytes {
+        b if b >= 1 << 30 && b.is_multiple_of(1 << 30) => format!("{} GiB", b >> 30),
+        b if b >= 1 << 20 && b.is_multiple_of(1 << 20) => format!("{} MiB", b >> 20),
+        b if b.is_multiple_of(1 << 10) => format!("{} KiB", b >> 10),
+        b => format!("{b} bytes"),
+    }
+}
+
 /// The image of node `node` in a disk directory (`--disks DIR`).
 pub fn node_image(dir: &Path, node: u32) -> PathBuf {
     dir.join(format!("node-{node}.img"))
@@ -99,6 +109,15 @@ mod tests {
             ensure_image(dir.path(), 4096).is_err(),
             "a directory is no image"
         );
+    }
+
+    #[test]
+    fn sizes_read_well() {
+        assert_eq!(describe_size(256 << 20), "256 MiB");
+        assert_eq!(describe_size(2 << 30), "2 GiB");
+        assert_eq!(describe_size(1536 << 20), "1536 MiB");
+        assert_eq!(describe_size(64 << 10), "64 KiB");
+        assert_eq!(describe_size(100), "100 bytes");
     }
 
     #[test]

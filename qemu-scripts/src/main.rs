@@ -292,9 +292,9 @@ fn run(args: RunArgs) -> Result<u8> {
     };
     if shmos::disk::ensure_image(&disk, disk_size)? && args.disk.is_some() {
         println!(
-            "shmos: created disk image {} ({} MiB, sparse)",
+            "shmos: created disk image {} ({}, sparse)",
             disk.display(),
-            disk_size >> 20
+            shmos::disk::describe_size(disk_size)
         );
     }
     cfg.disk = Some(disk);
