@@ -8,6 +8,8 @@
 //! `cluster.ring=NODE:VECTOR`, `cluster.expect_ring=VECTOR`,
 //! `cluster.watch_rejoin=NODE`, `cluster.stay`. The doorbell benchmark
 //! (nodes 0 and 1): `bench.doorbell=bare|shmos`, `bench.iterations=N`.
+//! The raw disk benchmark: `bench.disk=MIB` (write MIB MiB to the
+//! virtio-blk disk in 4 KiB blocks, flush, print the time, power off).
 //! `boot.exit`: power off with success as soon as the command line is read
 //! (the baseline of the boot-time benchmark). `quiet`: no banner and no PCI
 //! listing (each console byte costs ~10 µs under TCG; an appliance that
@@ -71,6 +73,8 @@ pub struct Args {
     pub bench_doorbell: Option<crate::cluster::bench::Path>,
     /// Timed round trips.
     pub bench_iterations: usize,
+    /// Write this many MiB to the disk, timed, then power off.
+    pub bench_disk: Option<u64>,
     /// Power off at once: the boot benchmark's exit-at-once kernel.
     pub boot_exit: bool,
     /// Skip the banner and the PCI listing.
@@ -129,6 +133,7 @@ impl Args {
                     }
                 }
                 "bench.iterations" => args.bench_iterations = number(key, value).unwrap_or(1000),
+                "bench.disk" => args.bench_disk = number(key, value),
                 _ => {}
             }
         }
@@ -206,6 +211,8 @@ crate::kernel_test!(
         );
         let bad = Args::parse("node=x");
         assert_eq!(bad.node, 0);
+        assert_eq!(Args::parse("bench.disk=64").bench_disk, Some(64));
+        assert_eq!(Args::parse("bench.disk=lots").bench_disk, None);
     }
 );
 

@@ -75,10 +75,15 @@ pub fn emergency_println(args: core::fmt::Arguments<'_>) {
 struct SerialLogger;
 
 impl log::Log for SerialLogger {
-    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
-        true
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        // Dependencies' chatter (virtio-drivers logs every device it finds)
+        // stays off the console; their warnings and errors do not.
+        metadata.level() <= log::Level::Warn || !metadata.target().starts_with("virtio_drivers")
     }
     fn log(&self, record: &log::Record<'_>) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
         let t = crate::time::now_ns();
         println(format_args!(
             "[{:>4}.{:06}] {:<5} {}",

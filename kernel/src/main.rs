@@ -4,7 +4,7 @@
 //! -> [`boot::kernel_entry`] -> [`kernel_main`].
 //! Layout: `arch/` (CPU tables, interrupts, syscall entry, APIC, fault
 //! fixups), `memory/` (frames, paging, heap, address spaces), `drivers/`
-//! (serial, ivshmem), `cluster/` (membership), `dsm/` (the DSM engine's
+//! (serial, ivshmem, virtio-blk), `cluster/` (membership), `dsm/` (the DSM engine's
 //! kernel glue: transport, faults, directory), `task/` (tasks, scheduler,
 //! waiting), `loader/` (ELF), `syscall/` (dispatch), `user/` (user memory),
 //! `apps` (the embedded apps), `time` (clock), `testing` (the in-kernel test
@@ -59,8 +59,16 @@ fn kernel_main(boot: &'static BootInfo) -> ! {
     pci::QUIET.store(args.quiet, core::sync::atomic::Ordering::Relaxed);
     pci::init();
     let _ = drivers::ivshmem::init();
+    drivers::virtio_blk::init(args.quiet);
     if args.test {
         testing::run(&args);
+    }
+    if let Some(mib) = args.bench_disk {
+        exit(if drivers::virtio_blk::bench(mib) {
+            ExitCode::Success
+        } else {
+            ExitCode::Failure
+        });
     }
     exit(if run_node(&args) {
         ExitCode::Success

@@ -4,8 +4,14 @@
 //! by step (wait for a line, kill a node, start a replacement).
 //!
 //! Everything lives in one directory under /dev/shm (socket, shared memory
-//! file, firmware logs), removed on drop, on error and on Ctrl-C, after every
-//! QEMU and the server are stopped.
+//! file, firmware logs, temporary disks), removed on drop, on error and on
+//! Ctrl-C, after every QEMU and the server are stopped.
+//!
+//! Every node has a disk (virtio-blk): `node-N.img` in
+//! [`ClusterConfig::disks`], kept after the run so that a later cluster on
+//! the same directory finds the same disks, or else a temporary image in
+//! the cluster's directory. A node started again gets the same image;
+//! [`NodeOptions::disk`] gives one node another image, or none.
 
 use crate::Outcome;
 use crate::cleanup::Workdir;
@@ -47,6 +53,12 @@ pub struct ClusterConfig {
     pub cmdline: String,
     /// Echo consoles to stdout, prefixed `[nN]` (coloured on a terminal).
     pub echo: bool,
+    /// Where the nodes' disks live (`DIR/node-N.img`, created if missing,
+    /// kept afterwards); None: temporary images in the cluster's directory.
+    pub disks: Option<PathBuf>,
+    /// Size of each disk image the cluster creates (existing ones are kept
+    /// as they are).
+    pub disk_size: u64,
 }
 
 impl ClusterConfig {
@@ -62,8 +74,23 @@ impl ClusterConfig {
             memory: "128M".into(),
             cmdline: String::new(),
             echo: true,
+            disks: None,
+            disk_size: crate::disk::DEFAULT_DISK_SIZE,
         }
     }
+}
+
+/// Which disk a node boots with.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum NodeDisk {
+    /// Its image in the cluster's disk directory ([`Cluster::disk_image`]).
+    #[default]
+    Default,
+    /// This image instead (created sparse with the cluster's disk size if
+    /// missing; an existing file, even truncated or garbage, is used as is).
+    File(PathBuf),
+    /// No disk at all.
+    Absent,
 }
 
 /// What one node may do differently from the cluster's defaults.
@@ -73,6 +100,8 @@ pub struct NodeOptions {
     pub memory: Option<String>,
     /// Start QEMU's gdb server on this localhost port, CPU stopped at reset.
     pub gdb_port: Option<u16>,
+    /// Its disk: the cluster's image for the node, another image, or none.
+    pub disk: NodeDisk,
 }
 
 /// A running cluster. Dropping it kills every VM and removes every file.
@@ -103,6 +132,11 @@ impl Cluster {
                 "--shm-size {} is not a power of two of at least 1 MiB",
                 cfg.shm_size
             );
+        }
+        crate::disk::check_size(cfg.disk_size).map_err(anyhow::Error::msg)?;
+        if let Some(dir) = &cfg.disks {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("creating disk directory {}", dir.display()))?;
         }
         let workdir = Workdir::new_in(shm_dir())?;
         let shm_path = workdir.path().join(SHM_FILE);
@@ -163,6 +197,13 @@ impl Cluster {
         self.workdir.path()
     }
 
+    /// Node `node`'s own disk image: `DISKS/node-N.img`, or a temporary one
+    /// in the cluster's directory (it exists once the node has booted).
+    pub fn disk_image(&self, node: u32) -> PathBuf {
+        let dir = self.cfg.disks.as_deref().unwrap_or(self.workdir.path());
+        crate::disk::node_image(dir, node)
+    }
+
     /// QEMU arguments that attach a VM to the shared memory node.
     fn device_args(&self) -> Vec<OsString> {
         let mut args: Vec<OsString> = Vec::new();
@@ -198,7 +239,7 @@ impl Cluster {
         self.spawn_node_with(node, extra, &NodeOptions::default())
     }
 
-    /// [`Cluster::spawn_node`] with per-node options (memory, gdb server).
+    /// [`Cluster::spawn_node`] with per-node options (memory, gdb server, disk).
     pub fn spawn_node_with(&mut self, node: u32, extra: &str, opts: &NodeOptions) -> Result<()> {
         if self.vms.contains_key(&node) {
             bail!("node {node} is already running");
@@ -216,6 +257,14 @@ impl Cluster {
         vm.cmdline = format!("{} {}", self.cfg.cmdline, extra).trim().to_string();
         vm.workdir = Some(self.workdir.path().to_owned());
         vm.extra_args = self.device_args();
+        vm.disk = match &opts.disk {
+            NodeDisk::Default => Some(self.disk_image(node)),
+            NodeDisk::File(path) => Some(path.clone()),
+            NodeDisk::Absent => None,
+        };
+        if let Some(image) = &vm.disk {
+            crate::disk::ensure_image(image, self.cfg.disk_size)?;
+        }
         let running = Vm::spawn(&vm, self.tx.clone())?;
         self.exits.remove(&node);
         let log = self.logs.entry(node).or_default();

@@ -1,6 +1,7 @@
 //! Cluster files: a TOML description of a cluster (nodes, memory, shared
-//! memory, doorbells or plain, which apps run where with what arguments,
-//! accelerator, timeouts, extra kernel keys), read into a [`ClusterSpec`].
+//! memory, doorbells or plain, the nodes' disks, which apps run where with
+//! what arguments, accelerator, timeouts, extra kernel keys), read into a
+//! [`ClusterSpec`].
 //!
 //! Reading has two steps, and every error of either names the file, the line
 //! and column, and the field: serde (with `deny_unknown_fields`) checks
@@ -13,6 +14,7 @@
 //! in `qemu-scripts/examples/clusters/`.
 
 use crate::cluster::{MAX_NODES, parse_size};
+use crate::disk::{DEFAULT_DISK_SIZE, check_size};
 use crate::host::AccelChoice;
 use crate::vm::Firmware;
 use anyhow::{Context, Result};
@@ -47,6 +49,11 @@ pub struct ClusterSpec {
     pub shm_size: u64,
     /// `ivshmem-plain` (nodes poll) instead of `ivshmem-doorbell`.
     pub plain: bool,
+    /// Directory of the nodes' disk images (`node-N.img`, kept after the
+    /// run); None: temporary disks.
+    pub disks: Option<PathBuf>,
+    /// Size of each disk image the run creates, in bytes.
+    pub disk_size: u64,
     /// Accelerator; None: `$SHMOS_ACCEL`, else auto.
     pub accel: Option<AccelChoice>,
     /// Firmware every node boots with.
@@ -114,6 +121,8 @@ impl ClusterSpec {
             memory: "128M".into(),
             shm_size: 64 << 20,
             plain: false,
+            disks: None,
+            disk_size: DEFAULT_DISK_SIZE,
             accel: None,
             firmware: Firmware::Qboot,
             timeout: Duration::from_secs(60),
@@ -314,6 +323,8 @@ struct RawFile {
     memory: Option<Spanned<String>>,
     shm_size: Option<Spanned<String>>,
     plain: Option<bool>,
+    disks: Option<Spanned<String>>,
+    disk_size: Option<Spanned<String>>,
     accel: Option<RawAccel>,
     firmware: Option<RawFirmware>,
     timeout: Option<Spanned<i64>>,
@@ -362,14 +373,16 @@ enum RawFirmware {
 }
 
 /// Reads and checks the cluster file at `path`; app names are checked
-/// against `known_apps`.
+/// against `known_apps`. A relative `disks` directory is taken from the
+/// file's own directory.
 pub fn load(path: &Path, known_apps: &[String]) -> Result<ClusterSpec> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading cluster file {}", path.display()))?;
     Ok(parse(path, &text, known_apps)?)
 }
 
-/// Parses and checks cluster file `text` (`file` names it in errors).
+/// Parses and checks cluster file `text` (`file` names it in errors, and a
+/// relative `disks` directory is resolved against its directory).
 pub fn parse(file: &Path, text: &str, known_apps: &[String]) -> Result<ClusterSpec, FileError> {
     let de = toml::Deserializer::parse(text)
         .map_err(|e| FileError::at(file, text, e.span(), None, e.message().trim().to_string()))?;
@@ -384,7 +397,8 @@ pub fn parse(file: &Path, text: &str, known_apps: &[String]) -> Result<ClusterSp
             inner.message().trim().to_string(),
         )
     })?;
-    validate(raw, known_apps).map_err(|(span, field, message)| {
+    let base = file.parent().unwrap_or(Path::new(""));
+    validate(raw, known_apps, base).map_err(|(span, field, message)| {
         FileError::at(file, text, Some(span), Some(field), message)
     })
 }
@@ -473,7 +487,7 @@ fn node_index(v: &Spanned<i64>, nodes: u32, field: &str) -> Result<u32, Invalid>
     }
 }
 
-fn validate(raw: RawFile, known_apps: &[String]) -> Result<ClusterSpec, Invalid> {
+fn validate(raw: RawFile, known_apps: &[String], base: &Path) -> Result<ClusterSpec, Invalid> {
     let nodes = match u32::try_from(*raw.nodes.get_ref()) {
         Ok(n) if (1..=MAX_NODES).contains(&n) => n,
         _ => {
@@ -505,6 +519,22 @@ fn validate(raw: RawFile, known_apps: &[String]) -> Result<ClusterSpec, Invalid>
         spec.shm_size = size;
     }
     spec.plain = raw.plain.unwrap_or(false);
+    if let Some(d) = &raw.disks {
+        if d.get_ref().trim().is_empty() {
+            return invalid(
+                d.span(),
+                "disks",
+                "an empty directory name; leave `disks` out for temporary disks",
+            );
+        }
+        spec.disks = Some(base.join(d.get_ref()));
+    }
+    if let Some(s) = &raw.disk_size {
+        let size = parse_size(s.get_ref())
+            .or_else(|e| invalid(s.span(), "disk_size", format!("{e:#}")))?;
+        check_size(size).or_else(|e| invalid(s.span(), "disk_size", e))?;
+        spec.disk_size = size;
+    }
     spec.accel = raw.accel.map(|a| match a {
         RawAccel::Auto => AccelChoice::Auto,
         RawAccel::Kvm => AccelChoice::Kvm,
@@ -651,6 +681,8 @@ nodes = 3
 memory = "256MiB"
 shm_size = "16M"
 plain = true
+disks = "disks/a"
+disk_size = "64M"
 accel = "tcg"
 firmware = "seabios"
 timeout = 90
@@ -677,6 +709,8 @@ timeout = 5
         assert_eq!(spec.memory, "256M");
         assert_eq!(spec.shm_size, 16 << 20);
         assert!(spec.plain);
+        assert_eq!(spec.disks.as_deref(), Some(Path::new("disks/a")));
+        assert_eq!(spec.disk_size, 64 << 20);
         assert_eq!(spec.accel, Some(AccelChoice::Tcg));
         assert_eq!(spec.firmware, Firmware::Seabios);
         assert_eq!(spec.node_timeout(0), Duration::from_secs(90));
@@ -728,8 +762,8 @@ timeout = 5
 
     #[test]
     fn an_unknown_field_is_refused_where_it_is() {
-        let e = err("nodes = 2\ndisks = \"/tmp\"\n");
-        assert!(e.message.contains("unknown field `disks`"), "{e}");
+        let e = err("nodes = 2\ndisk = \"/tmp\"\n");
+        assert!(e.message.contains("unknown field `disk`"), "{e}");
         assert_eq!(e.line, 2, "{e}");
         let e = err("nodes = 2\n[[app]]\nname = \"hello\"\nargz = \"1\"\n");
         assert!(e.message.contains("unknown field `argz`"), "{e}");
@@ -763,6 +797,34 @@ timeout = 5
         }
         let e = err("nodes = 1\ntimeout = 0\n");
         assert_eq!(e.field.as_deref(), Some("timeout"), "{e}");
+    }
+
+    #[test]
+    fn disks_resolve_against_the_file_and_sizes_are_whole_blocks() {
+        let spec = parse(
+            Path::new("/etc/c/x.toml"),
+            "nodes = 1\ndisks = \"d\"\n",
+            &apps(),
+        )
+        .unwrap();
+        assert_eq!(spec.disks.as_deref(), Some(Path::new("/etc/c/d")));
+        let spec = parse(
+            Path::new("/etc/c/x.toml"),
+            "nodes = 1\ndisks = \"/var/d\"\n",
+            &apps(),
+        )
+        .unwrap();
+        assert_eq!(spec.disks.as_deref(), Some(Path::new("/var/d")));
+        assert_eq!(spec.disk_size, DEFAULT_DISK_SIZE, "the default size");
+        let e = err("nodes = 1\ndisk_size = \"1000\"\n");
+        assert_eq!((e.line, e.field.as_deref()), (2, Some("disk_size")), "{e}");
+        assert!(e.message.contains("4 KiB blocks"), "{e}");
+        let e = err("nodes = 1\ndisk_size = \"big\"\n");
+        assert_eq!((e.line, e.column), (2, 13), "{e}");
+        let e = err("nodes = 1\ndisks = \"\"\n");
+        assert_eq!(e.field.as_deref(), Some("disks"), "{e}");
+        let e = err("nodes = 1\ndisks = 3\n");
+        assert!(e.message.contains("invalid type"), "{e}");
     }
 
     #[test]

@@ -110,6 +110,8 @@ pub fn run(spec: &ClusterSpec, opts: RunOptions, mut say: impl FnMut(&str)) -> R
     cfg.firmware = spec.firmware;
     cfg.memory = spec.memory.clone();
     cfg.echo = opts.echo;
+    cfg.disks = spec.disks.clone();
+    cfg.disk_size = spec.disk_size;
     let mut cluster = Cluster::start(cfg)?;
     cluster.set_progress(opts.progress);
     say(&format!(
@@ -124,11 +126,22 @@ pub fn run(spec: &ClusterSpec, opts: RunOptions, mut say: impl FnMut(&str)) -> R
         spec.shm_size >> 20,
         cluster.dir().display()
     ));
+    say(&match &spec.disks {
+        Some(dir) => format!(
+            "shmos: disks {}/node-N.img (new ones {}, sparse; kept)",
+            dir.display(),
+            crate::disk::describe_size(spec.disk_size)
+        ),
+        None => format!(
+            "shmos: temporary disks of {} per node (removed with the cluster)",
+            crate::disk::describe_size(spec.disk_size)
+        ),
+    });
     let start = Instant::now();
     for node in 0..spec.nodes {
         let mut node_opts = NodeOptions {
             memory: Some(spec.node_memory(node).to_string()),
-            gdb_port: None,
+            ..NodeOptions::default()
         };
         if let Some((gdb_node, port)) = opts.gdb
             && gdb_node == node

@@ -8,6 +8,7 @@ pub mod cleanup;
 pub mod cluster;
 pub mod cluster_file;
 pub mod cluster_run;
+pub mod disk;
 pub mod doorbell;
 pub mod harness;
 pub mod host;

@@ -32,7 +32,8 @@ Environment:
 const TEST_ABOUT: &str = "\
 Run the host tests (cargo test) and the kernel tests in QEMU:
   1. cargo test --workspace in the repository root, with SHMOS_ACCEL set to the chosen accel
-  2. the kernel's tests with --firmware, rebooting past crashes (test.skip=K)
+  2. the kernel's tests with --firmware, rebooting past crashes (test.skip=K),
+     with a 4 MiB ivshmem device and an 8 MiB scratch virtio-blk disk
   3. one SeaBIOS boot of the serial_console_writes test (unless --only or --firmware seabios)
 The last line is `total: N passed, M failed`. Exit 0 only if everything passed
 and at least one kernel test ran (a host test with --host-only).";
@@ -156,6 +157,15 @@ struct ClusterArgs {
     /// ivshmem-plain: no doorbell server, no interrupts; nodes poll.
     #[arg(long)]
     plain: bool,
+    /// Keep the nodes' disks (virtio-blk) in DIR: DIR/node-N.img, created
+    /// sparse with --disk-size if missing, kept after the run [default:
+    /// temporary disks, removed with the cluster].
+    #[arg(long, value_name = "DIR")]
+    disks: Option<PathBuf>,
+    /// Size of each disk image the run creates (K, M, G suffixes; whole
+    /// 4 KiB blocks).
+    #[arg(long, value_name = "SIZE", default_value = "256M")]
+    disk_size: String,
 }
 
 #[derive(Args)]
@@ -205,6 +215,14 @@ struct RunArgs {
     /// Port for --gdb's server.
     #[arg(long, value_name = "PORT", requires = "gdb", default_value_t = shmos::vm::DEFAULT_GDB_PORT)]
     gdb_port: u16,
+    /// The VM's disk (virtio-blk): a raw image, created sparse with
+    /// --disk-size if missing, kept afterwards [default: a temporary image,
+    /// removed after the run].
+    #[arg(long, value_name = "FILE")]
+    disk: Option<PathBuf>,
+    /// Size of a disk image the tool creates (K, M, G suffixes).
+    #[arg(long, value_name = "SIZE", default_value = "256M")]
+    disk_size: String,
 }
 
 #[derive(Args)]
@@ -266,6 +284,20 @@ fn run(args: RunArgs) -> Result<u8> {
     let kernel = args.vm.kernel(&root)?;
     let workdir = Workdir::new()?;
     let mut cfg = vm_config(&args.vm, kernel.clone(), &workdir)?;
+    let disk_size = shmos::cluster::parse_size(&args.disk_size)?;
+    shmos::disk::check_size(disk_size).map_err(anyhow::Error::msg)?;
+    let disk = match &args.disk {
+        Some(file) => file.clone(),
+        None => workdir.path().join("disk.img"),
+    };
+    if shmos::disk::ensure_image(&disk, disk_size)? && args.disk.is_some() {
+        println!(
+            "shmos: created disk image {} ({}, sparse)",
+            disk.display(),
+            shmos::disk::describe_size(disk_size)
+        );
+    }
+    cfg.disk = Some(disk);
     cfg.gdb = args.gdb;
     cfg.gdb_port = args.gdb_port;
     let timeout = if args.gdb {
@@ -455,6 +487,17 @@ fn cluster(args: ClusterArgs, matches: Option<&ArgMatches>) -> Result<u8> {
         spec.shm_size = shmos::cluster::parse_size(&args.shm_size)?;
     }
     spec.plain |= args.plain;
+    if args.disks.is_some() {
+        spec.disks = args.disks.clone();
+    }
+    if given("disk_size") {
+        let size = shmos::cluster::parse_size(&args.disk_size)?;
+        if let Err(e) = shmos::disk::check_size(size) {
+            eprintln!("shmos: error: --disk-size: {e}");
+            return Ok(Outcome::Abnormal.code());
+        }
+        spec.disk_size = size;
+    }
     if given("apps") {
         spec.apps = args.apps.iter().map(|a| cli_app(a)).collect();
     }
@@ -612,6 +655,11 @@ fn test_phases(args: &TestArgs, totals: &mut Totals) -> Result<()> {
     let mut tests = KernelTests::new(vm_config(&args.vm, kernel.clone(), &workdir)?);
     tests.vm.accel = accel;
     tests.vm.extra_args = test_ivshmem_device(&workdir)?;
+    // A scratch disk for the virtio-blk tests, in the run's temporary
+    // directory: removed with it, also on failure and on Ctrl-C.
+    let scratch = workdir.path().join("test-disk.img");
+    shmos::disk::ensure_image(&scratch, shmos::disk::TEST_DISK_SIZE)?;
+    tests.vm.disk = Some(scratch);
     tests.only = args.only.clone();
     tests.timeout = timeout;
     let report = harness::run_kernel_tests(&tests)?;

@@ -108,12 +108,15 @@ pub struct VmConfig {
     pub gdb_port: u16,
     /// Directory for per-VM files (the SeaBIOS debug log); none if unset.
     pub workdir: Option<PathBuf>,
+    /// The VM's disk: a raw image attached as virtio-blk (see [`crate::disk`]);
+    /// None boots without one.
+    pub disk: Option<PathBuf>,
     /// Further QEMU arguments (devices for multi-node runs).
     pub extra_args: Vec<OsString>,
 }
 
 impl VmConfig {
-    /// A node-0 config with the default memory and no extra keys.
+    /// A node-0 config with the default memory, no extra keys and no disk.
     pub fn new(kernel: PathBuf, accel: Accel, firmware: Firmware) -> Self {
         VmConfig {
             qemu: QEMU.into(),
@@ -127,6 +130,7 @@ impl VmConfig {
             gdb: false,
             gdb_port: DEFAULT_GDB_PORT,
             workdir: None,
+            disk: None,
             extra_args: Vec::new(),
         }
     }
@@ -195,6 +199,9 @@ impl VmConfig {
             cmd.arg("-gdb")
                 .arg(format!("tcp:127.0.0.1:{}", self.gdb_port))
                 .arg("-S");
+        }
+        if let Some(disk) = &self.disk {
+            cmd.args(crate::disk::qemu_args(disk));
         }
         cmd.args(&self.extra_args);
         cmd

@@ -160,8 +160,18 @@ fn broken_cluster_files_are_refused_with_the_line_and_the_problem() {
         ),
         (
             "unknown field",
-            "nodes = 3\ndisks = \"/var/shmos\"\n",
-            &["line 2", "field `disks`", "unknown field `disks`"],
+            "nodes = 3\ndisk = \"/var/shmos\"\n",
+            &["line 2", "field `disk`", "unknown field `disk`"],
+        ),
+        (
+            "disk size not whole blocks",
+            "nodes = 3\ndisks = \"d\"\ndisk_size = \"1000\"\n",
+            &["line 3, column 13", "field `disk_size`", "4 KiB blocks"],
+        ),
+        (
+            "disk directory empty",
+            "nodes = 3\ndisks = \"\"\n",
+            &["line 2, column 9", "field `disks`", "temporary disks"],
         ),
         (
             "unknown field in a table",

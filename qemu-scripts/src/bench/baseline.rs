@@ -573,9 +573,41 @@ pub fn syscall_ns(iterations: usize) -> f64 {
     per_op_ns(start.elapsed(), iterations)
 }
 
+/// Host file write bandwidth in bytes per second: a new file in `dir`
+/// written sequentially in 4 KiB `write`s, `bytes` in all, then
+/// `fdatasync`, timed together (what a guest's virtio-blk writes and flush
+/// become for QEMU's `cache=writeback` on the image). The file is removed.
+pub fn file_write_bytes_per_s(dir: &Path, bytes: u64) -> Result<f64> {
+    const BLOCK: usize = 4096;
+    ensure!(bytes >= BLOCK as u64, "write at least one 4 KiB block");
+    let file = tempfile::Builder::new()
+        .prefix("shmos-bench-write-")
+        .tempfile_in(dir)
+        .with_context(|| format!("creating a file in {}", dir.display()))?;
+    let mut block = [0x5au8; BLOCK];
+    let mut out = file.as_file();
+    let start = Instant::now();
+    for n in 0..bytes / BLOCK as u64 {
+        block[..8].copy_from_slice(&n.to_le_bytes());
+        out.write_all(&block).context("writing the baseline file")?;
+    }
+    out.sync_data().context("fdatasync of the baseline file")?;
+    let secs = start.elapsed().as_secs_f64();
+    Ok((bytes / BLOCK as u64 * BLOCK as u64) as f64 / secs)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn file_write_is_positive_and_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let b_s = file_write_bytes_per_s(dir.path(), 1 << 20).expect("file baseline");
+        assert!(b_s.is_finite() && b_s > 0.0, "{b_s}");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        assert!(file_write_bytes_per_s(dir.path(), 100).is_err());
+    }
 
     #[test]
     fn thread_pingpong_is_positive() {

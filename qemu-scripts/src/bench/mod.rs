@@ -7,13 +7,15 @@
 //! falls on figures and baselines alike: the host baselines
 //! ([`baseline`]), shm-ext between two host processes ([`hosted`]), boot
 //! time (an app's first instruction against a kernel that powers off at
-//! once), the extension-layer figures between two VMs (the `bench` app,
+//! once), raw sequential writes to a VM's virtio-blk disk against the
+//! host writing a file ([`disk`]), the extension-layer figures between two VMs (the `bench` app,
 //! apps/bench), and the doorbell round trip through shmos's path against a
 //! bare register-and-spin loop in the same kernel. A figure is the median
 //! over runs; the spread is the smallest and largest run.
 
 pub mod baseline;
 pub mod chart;
+pub mod disk;
 pub mod hosted;
 pub mod peer;
 
@@ -246,12 +248,16 @@ fn dsm_run(cfg: &BenchConfig) -> Result<BTreeMap<String, f64>> {
     Ok(values)
 }
 
-/// QEMU start to QEMU exit of one VM with `cmdline`, in ms.
+/// QEMU start to QEMU exit of one VM with `cmdline`, in ms (with its
+/// disk, as every node has one).
 fn boot_run(cfg: &BenchConfig, cmdline: &str) -> Result<f64> {
     let workdir = crate::cleanup::Workdir::new()?;
     let mut vm = VmConfig::new(cfg.kernel.clone(), cfg.accel, Firmware::Qboot);
     vm.cmdline = cmdline.into();
     vm.workdir = Some(workdir.path().to_owned());
+    let image = workdir.path().join("disk.img");
+    crate::disk::ensure_image(&image, crate::disk::DEFAULT_DISK_SIZE)?;
+    vm.disk = Some(image);
     let boot = vm::boot(&vm, Some(Duration::from_secs(120)), |_| {})?;
     if boot.exit.outcome() != crate::Outcome::Success {
         bail!(
@@ -311,8 +317,14 @@ const fn row(key: &'static str, baseline: &'static str, target: Option<Target>) 
     }
 }
 
+/// MiB the disk benchmark writes per run: a fiftieth of the iterations,
+/// 1 to 64 (20 MiB at the default 1000; the smoke run's 10 write 1 MiB).
+pub fn disk_bench_mib(iterations: usize) -> u64 {
+    (iterations as u64 / 50).clamp(1, 64)
+}
+
 /// The table, in order; targets from the benchmark issue.
-const ROWS: [Row; 23] = [
+const ROWS: [Row; 24] = [
     row("boot", "boot-exit", Some(Target::Plus(20.0))),
     row("syscall", "host-syscall", None),
     row("msg64-polled", "thread-pingpong", Some(Target::Below(3.0))),
@@ -329,6 +341,7 @@ const ROWS: [Row; 23] = [
     row("dsm-read-fault", "msg64-doorbell", Some(Target::Below(2.0))),
     row("dsm-write-fault-1", "msg64-doorbell", None),
     row("dsm-write-fault-2", "msg64-doorbell", None),
+    row("disk-write", "host-file-write", None),
     row("hosted/msg64-polled", "thread-pingpong", None),
     row("hosted/msg4k-polled", "thread-pingpong", None),
     row("hosted/msg64k-throughput", "memcpy", None),
@@ -465,6 +478,21 @@ pub fn run(cfg: &BenchConfig, mut progress: impl FnMut(&str)) -> Result<Report> 
             "QEMU start to first app instruction (+exit)",
             "ms",
             boot_run(cfg, "quiet app=bench:1+boot")?,
+        );
+        let mib = disk_bench_mib(n);
+        progress(&step(&format!("raw disk writes ({mib} MiB)")));
+        let host_dir = crate::cleanup::Workdir::new()?;
+        s.push(
+            "host-file-write",
+            "host file write, 4 KiB blocks + fdatasync",
+            "MB/s",
+            baseline::file_write_bytes_per_s(host_dir.path(), mib << 20)? / 1e6,
+        );
+        s.push(
+            "disk-write",
+            "virtio-blk write, 4 KiB blocks + flush, VM",
+            "MB/s",
+            disk::virtio_blk_write_bytes_per_s(&cfg.kernel, cfg.accel, mib)? / 1e6,
         );
         progress(&step("extension layer between two VMs"));
         for (figure, v) in vm_run(cfg)? {
@@ -653,6 +681,14 @@ mod tests {
     }
 
     #[test]
+    fn the_disk_benchmark_size_follows_iterations() {
+        assert_eq!(disk_bench_mib(10), 1);
+        assert_eq!(disk_bench_mib(100), 2);
+        assert_eq!(disk_bench_mib(1000), 20);
+        assert_eq!(disk_bench_mib(1_000_000), 64);
+    }
+
+    #[test]
     fn dates_are_civil() {
         let d = now_utc();
         assert!(
@@ -667,6 +703,7 @@ mod tests {
             let vm = VM_FIGURES.contains(&r.key) || DSM_FIGURES.contains(&r.key);
             let other = r.key.starts_with("hosted/")
                 || r.key.starts_with("boot")
+                || r.key.starts_with("disk")
                 || r.key.starts_with("doorbell");
             assert!(vm || other, "{}", r.key);
         }
