@@ -116,6 +116,7 @@ impl Disk for MemDisk {
     }
 
     fn save(&mut self, page: GlobalAddr, stamp: Stamp, data: &PageBuf) -> Result<(), DiskError> {
+        let full = self.pages.len() as u64 >= self.capacity;
         match self.pages.get_mut(&page) {
             Some((s, _)) if *s > stamp => Ok(()),
             Some((s, d)) => {
@@ -124,7 +125,7 @@ impl Disk for MemDisk {
                 self.saves += 1;
                 Ok(())
             }
-            None if self.pages.len() as u64 >= self.capacity => Err(DiskError::Full),
+            None if full => Err(DiskError::Full),
             None => {
                 self.pages.insert(page, (stamp, Box::new(data.clone())));
                 self.saves += 1;
