@@ -8,7 +8,8 @@
 //! so pages migrate without directory changes. Every node caches pages
 //! ([`cache`]) and runs a protocol engine ([`protocol`]) that turns local
 //! faults and received messages ([`wire`]) into actions for the kernel.
-//! Needs the `alloc` feature (the engine's tables are `alloc` collections).
+//! A node keeps durable copies of pages on its own disk ([`durable`]: the
+//! interface; [`store`]: the on-disk format). Needs the `alloc` feature (the engine's tables are `alloc` collections).
 //!
 //! # Coherence: single writer, many readers, by invalidation
 //!
@@ -134,6 +135,18 @@
 //! a directory page's responsible node is the node of its slice, so the
 //! protocol can fetch one before any directory lookup.
 //!
+//! # Durable pages on a node's disk ([`store`])
+//!
+//! | blocks                        | holds                                                            |
+//! |-------------------------------|------------------------------------------------------------------|
+//! | 0, 1                          | superblock copies (`b"SHMOSDSK"`, version 1, node, geometry, 16 durable `u128` meta values, FNV-1a 64) |
+//! | 2 .. 2 + table blocks         | entry table: 64-byte entries (page, stamp, serial, data FNV-1a 64, entry FNV-1a 64), entry `i` for data block `i` |
+//! | data start .. + data blocks   | one page copy per block                                          |
+//!
+//! A save writes a free data block, then its table block; the previous
+//! copy stays until the next flush, and on open the newest valid copy of
+//! each page wins. Field offsets are in [`store`]'s documentation.
+//!
 //! # Driving the engine from a kernel
 //!
 //! `dsm_alloc(len)`: `AddressGenerator::allocate`, [`directory::insert`]
@@ -154,6 +167,7 @@ pub mod directory;
 pub mod durable;
 pub mod error;
 pub mod protocol;
+pub mod store;
 pub mod wire;
 
 pub use addr::{
@@ -165,4 +179,5 @@ pub use directory::{DirEntry, DirectoryPage, DirectoryPages};
 pub use durable::{BLOCK_BYTES, BlockDevice, Disk, DiskError, MemDisk, Stamp};
 pub use error::DsmError;
 pub use protocol::{Access, Action, Engine, Event, PageState, Policy, Stats};
+pub use store::{Geometry, META_KEYS, OpenReport, PageStore, StoreRefused};
 pub use wire::{DSM_PORT, Kind, MAX_MESSAGE_LEN, Message};
