@@ -677,7 +677,10 @@ impl fmt::Display for DsmView {
             }
         }
         if !self.directory_pages.is_empty() {
-            writeln!(f, "directory pages (records of their responsible nodes):")?;
+            writeln!(
+                f,
+                "directory-space pages (directory pages, the directory lock page; records of their responsible nodes):"
+            )?;
             writeln!(
                 f,
                 "    {:<36}  {:>11}  {:>5}  {:<16}  {:>8}",
