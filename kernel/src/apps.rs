@@ -125,6 +125,7 @@ pub fn run(args: &Args, node: Option<&'static Node>) -> bool {
         if now >= next_poll {
             if let Some(node) = node {
                 node.poll();
+                crate::dsm::report::publish();
             }
             next_poll = now + POLL_NS;
         }

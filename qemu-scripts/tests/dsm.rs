@@ -3,13 +3,15 @@
 //! larger than a node's kernel heap spread over the nodes (apps/dsm-bench
 //! `spread`), a page migrating between owners while its directory entry
 //! stays put (`dsm-bench migrate`), and hostile `dsm_map` arguments refused
-//! by name (`dsm-bench hostile`). Runs under the accelerator `SHMOS_ACCEL`
-//! selects; under this host's nested KVM the counts are scaled down.
+//! by name (`dsm-bench hostile`), and `shmos inspect` showing the DSM
+//! directory and the pages' owners the nodes publish. Runs under the
+//! accelerator `SHMOS_ACCEL` selects; under this host's nested KVM the
+//! counts are scaled down.
 
 use shmos::cluster::{Cluster, ClusterConfig};
 use shmos::vm::{Accel, EXIT_SUCCESS, VmExit};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Two cores: one cluster at a time.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
@@ -231,5 +233,94 @@ fn dsm_page_migrates_while_its_directory_entry_stays() {
     for node in 0..NODES {
         d.expect(node, &format!("dsm-bench: node {node}: migrate: value=102"));
     }
+    d.finish();
+}
+
+/// What `shmos inspect --json` must show of a dsm-matmul cluster: a report
+/// from every node, the root directory page with a leaf naming the
+/// matrices' range and node 0 (which allocated it) as responsible, and
+/// that range's pages with an owner each.
+fn dsm_section_complete(json: &serde_json::Value, pages: u64) -> Result<(), String> {
+    let dsm = &json["dsm"];
+    let reports = dsm["reports"].as_array().ok_or("no reports")?;
+    for node in 0..NODES {
+        if !reports
+            .iter()
+            .any(|r| r["node"] == node && r["status"] == "current")
+        {
+            return Err(format!("no current report from node {node}"));
+        }
+    }
+    let root = &dsm["directory"];
+    if root["addr"] != "0x0" {
+        return Err("no root directory page".into());
+    }
+    let leaves = root["entries"].as_array().ok_or("root without entries")?;
+    let leaf = leaves
+        .iter()
+        .find(|e| e["responsible"] == 0 && e["pages"] == pages)
+        .ok_or(format!(
+            "no {pages}-page range with responsible node 0 in the root"
+        ))?;
+    let range = dsm["ranges"]
+        .as_array()
+        .and_then(|rs| rs.iter().find(|r| r["first"] == leaf["first"]))
+        .ok_or("the root's range has no page table")?;
+    if range["responsible"] != 0 || range["in_tree"] != true || range["records_from"] != 0 {
+        return Err(format!("range row {range}"));
+    }
+    let listed = range["pages"].as_array().ok_or("no pages")?;
+    if listed.is_empty() {
+        return Err("no touched pages listed".into());
+    }
+    if let Some(p) = listed.iter().find(|p| p["owner"].as_u64().is_none()) {
+        return Err(format!("a touched page without an owner: {p}"));
+    }
+    Ok(())
+}
+
+/// `shmos inspect` on a cluster running dsm-matmul: the nodes publish
+/// their DSM reports on the shared device, and the inspector's DSM section
+/// shows the directory tree with the range and its responsible node, and
+/// the range's pages with their owners. A sleeper keeps the nodes (and
+/// their publishing) up for a while after the product is checked; the test
+/// waits for the reports to show up rather than for any time.
+#[test]
+fn inspect_shows_the_dsm_directory_and_the_pages_owners() {
+    let _one = one_at_a_time();
+    let mut d = Dsm::new("inspect of dsm-matmul on 3 nodes", "128M");
+    let (n, stay_ms) = match d.accel {
+        Accel::Tcg => (48u64, 8_000),
+        Accel::Kvm => (16, 30_000),
+    };
+    for node in 0..NODES {
+        d.c.spawn_node(node, &format!("app=dsm-matmul:{n} app=sleeper:1+{stay_ms}"))
+            .unwrap_or_else(|e| panic!("node {node}: {e:#}"));
+    }
+    for node in 0..NODES {
+        d.expect(node, &format!("dsm-matmul: node {node}: n={n} checksum="));
+    }
+    let pages = (3 * n * n * 8).div_ceil(4096);
+    let deadline = Instant::now() + d.step;
+    loop {
+        let report = shmos::inspect::report(d.c.shm_path(), true)
+            .unwrap_or_else(|e| panic!("{}: inspect refused the device: {e:#}", d.name));
+        let json: serde_json::Value = serde_json::from_str(&report).unwrap();
+        match dsm_section_complete(&json, pages) {
+            Ok(()) => break,
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(200)),
+            Err(why) => panic!(
+                "{}: the DSM section is incomplete: {why}\n{}",
+                d.name,
+                shmos::inspect::report(d.c.shm_path(), false).unwrap_or_default()
+            ),
+        }
+    }
+    let text = shmos::inspect::report(d.c.shm_path(), false).unwrap();
+    assert!(
+        text.contains("directory tree") && text.contains("responsible node 0"),
+        "{text}"
+    );
+    println!("{}: inspect shows:\n{text}", d.name);
     d.finish();
 }

@@ -117,7 +117,9 @@ use layout::{
     Geometry, HEAP_BLANK, HEAP_MAGIC, HEAP_READY, MAX_ALIGN, MAX_POOLS, PAGE, POOL_NAME_MAX,
     POOLS_OFFSET, SLOT_ALLOCATED, SLOT_ALLOCATING, dir, hdr, heap, round_up, slot, to_usize,
 };
-pub use report::{MAX_REPORTED_REGIONS, PoolReport, PoolsReport, RegionReport, report};
+pub use report::{
+    MAX_REPORTED_REGIONS, PoolReport, PoolsReport, RegionReport, pool_regions, report,
+};
 use tx::{Healed, Tx};
 
 /// How often a lock-free read retries an entry that changes under it before `Busy`.

@@ -28,6 +28,7 @@
 pub mod directory;
 pub mod disk;
 pub mod fault;
+pub mod report;
 pub mod transport;
 
 use crate::cluster::Node;

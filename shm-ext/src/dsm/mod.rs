@@ -160,6 +160,14 @@
 //! node. Apply the returned actions in order. While `handle` runs no CPU
 //! may write a DSM page the engine may send (uniprocessor: given; SMP:
 //! hold the DSM lock and shoot down write mappings first).
+//!
+//! # Reports for the host ([`report`])
+//!
+//! The engine's state is in the nodes' RAM. Each kernel publishes a
+//! [`report::NodeReport`] (its ranges, their pages' owners and copysets,
+//! its directory page copies; versioned and checksummed, byte layout in
+//! [`report`]) into its own region of the pool [`report::REPORT_POOL`] on
+//! the shared device, where `shmos inspect` reads every node's.
 
 pub mod addr;
 pub mod cache;
@@ -167,6 +175,7 @@ pub mod directory;
 pub mod durable;
 pub mod error;
 pub mod protocol;
+pub mod report;
 pub mod store;
 pub mod wire;
 

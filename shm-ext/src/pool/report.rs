@@ -159,7 +159,8 @@ pub fn report(shm: &Shm<'_>) -> PoolsReport {
     r
 }
 
-fn fill(shm: &Shm<'_>, r: &mut PoolsReport) -> Result<(), ShmError> {
+/// Checks the heap is initialised for pools: `false` for a blank heap.
+fn heap_ready(shm: &Shm<'_>) -> Result<bool, ShmError> {
     let region = shm.region();
     let heap_area = shm.superblock().layout.heap;
     if heap_area.len <= POOLS_OFFSET {
@@ -170,7 +171,7 @@ fn fill(shm: &Shm<'_>, r: &mut PoolsReport) -> Result<(), ShmError> {
         .atomic_u64(base + heap::INIT)?
         .load(Ordering::Acquire)
     {
-        HEAP_BLANK => return Ok(()),
+        HEAP_BLANK => return Ok(false),
         HEAP_READY => {}
         v if super::is_stamp(v) => return Err(ShmError::NotInitialized),
         _ => {
@@ -186,6 +187,41 @@ fn fill(shm: &Shm<'_>, r: &mut PoolsReport) -> Result<(), ShmError> {
             what: "pool heap magic",
         });
     }
+    Ok(true)
+}
+
+/// Visits every region of the ready pool called `name`, read without
+/// locking as [`report`] reads them (no limit on their number); returns
+/// the pool's stat. `NoSuchPool` if no ready pool has that name.
+pub fn pool_regions(
+    shm: &Shm<'_>,
+    name: &str,
+    visit: &mut dyn FnMut(RegionReport),
+) -> Result<PoolStat, ShmError> {
+    let want = super::PoolName::new(name)?;
+    if !heap_ready(shm)? {
+        return Err(ShmError::NoSuchPool);
+    }
+    let heap_area = shm.superblock().layout.heap;
+    for i in 0..MAX_POOLS as u8 {
+        let Ok(e) = read_entry(shm.region(), heap_area, i, true) else {
+            continue;
+        };
+        if e.state != ENTRY_READY || super::PoolName::from_raw(&e.name) != Ok(want) {
+            continue;
+        }
+        return read_pool(shm, &e, visit);
+    }
+    Err(ShmError::NoSuchPool)
+}
+
+fn fill(shm: &Shm<'_>, r: &mut PoolsReport) -> Result<(), ShmError> {
+    let region = shm.region();
+    let heap_area = shm.superblock().layout.heap;
+    if !heap_ready(shm)? {
+        return Ok(());
+    }
+    let base = to_usize(heap_area.offset)?;
     r.initialised = true;
     for i in 0..MAX_POOLS as u8 {
         let e = match read_entry(region, heap_area, i, false) {
@@ -208,7 +244,7 @@ fn fill(shm: &Shm<'_>, r: &mut PoolsReport) -> Result<(), ShmError> {
         };
         let result = match e.state {
             ENTRY_EMPTY => continue,
-            ENTRY_READY => read_pool(shm, &e, r),
+            ENTRY_READY => read_pool(shm, &e, &mut |region| r.push_region(region)),
             ENTRY_CREATING | ENTRY_DESTROYING => Err(ShmError::Busy),
             _ => Err(ShmError::Corrupt {
                 what: "pool entry state",
@@ -231,7 +267,11 @@ fn fill(shm: &Shm<'_>, r: &mut PoolsReport) -> Result<(), ShmError> {
     Ok(())
 }
 
-fn read_pool(shm: &Shm<'_>, e: &super::Entry, r: &mut PoolsReport) -> Result<PoolStat, ShmError> {
+fn read_pool(
+    shm: &Shm<'_>,
+    e: &super::Entry,
+    visit: &mut dyn FnMut(RegionReport),
+) -> Result<PoolStat, ShmError> {
     let region = shm.region();
     let geo = e.geometry(shm.superblock().layout.heap)?;
     super::check_tag(region, &geo)?;
@@ -248,7 +288,7 @@ fn read_pool(shm: &Shm<'_>, e: &super::Entry, r: &mut PoolsReport) -> Result<Poo
             _ => continue,
         };
         let b = a.block(idx)?;
-        r.push_region(RegionReport {
+        visit(RegionReport {
             handle: RegionHandle::new(e.index, idx, (st >> 32) as u32),
             pool: e.index,
             offset: b.start,
