@@ -406,6 +406,8 @@ impl Fuzzer {
             Call::DsmAlloc => (a[0], a[1]) = (self.scalar() | 1, self.out_ptr()),
             Call::DsmMap | Call::DsmUnmap | Call::DsmFree => {}
             Call::DsmStat => a[2] = self.out_ptr(),
+            Call::DsmSync => {}
+            Call::DsmInfo => a[0] = self.out_ptr(),
             Call::Yield | Call::Clock | Call::NodeId | Call::Nodes => {}
         }
         a

@@ -45,6 +45,8 @@ unsafe impl Pod for shmos_abi::PoolStat {}
 unsafe impl Pod for shmos_abi::LockMapping {}
 // SAFETY: `#[repr(C)]` of u64 fields only: no padding, any bytes valid.
 unsafe impl Pod for shmos_abi::DsmStat {}
+// SAFETY: `#[repr(C)]` of u64 fields only: no padding, any bytes valid.
+unsafe impl Pod for shmos_abi::DsmInfo {}
 
 /// Checks that the caller may access `[addr, addr+len)` (for writing if
 /// `write`): `BadAddress` otherwise. An empty range always passes.
