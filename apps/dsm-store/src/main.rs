@@ -93,7 +93,10 @@ fn dsm_store(app: &App) -> Outcome<()> {
             count += 1;
         }
         let ms = (now(app)? - started) / 1_000_000;
-        println!("dsm-store: node {} wrote {count} pages in {ms} ms", app.node);
+        println!(
+            "dsm-store: node {} wrote {count} pages in {ms} ms",
+            app.node
+        );
         sys::barrier().or_fail(app, "barrier after writing")?;
         if app.node == 0 {
             let started = now(app)?;

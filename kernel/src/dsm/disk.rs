@@ -34,9 +34,7 @@ pub fn open(node: u16, quiet: bool) -> Option<(Box<dyn Disk + Send>, bool)> {
         }
         Err((dev, StoreRefused::NotFormatted)) => (format(dev, node)?, true),
         Err((dev, why)) => {
-            crate::kprintln!(
-                "node {node}: disk damaged: {why}; not trusted, formatting it afresh"
-            );
+            crate::kprintln!("node {node}: disk damaged: {why}; not trusted, formatting it afresh");
             (format(dev, node)?, false)
         }
     };

@@ -17,6 +17,13 @@ const FAULT_TIMEOUT_NS: u64 = 60_000_000_000;
 #[inline(never)]
 pub fn wait_for(addr: GlobalAddr, access: Access) -> Result<(), DsmError> {
     let page = addr.page();
+    // Back-pressure: a node whose sends wait for full queues issues no new
+    // faults (each may bring page-outs and replies) until they drain.
+    let drain_by = crate::time::now_ns().saturating_add(FAULT_TIMEOUT_NS);
+    let _ = task::wait_event(wait_events(), Some(drain_by), || {
+        pump();
+        with(|d| d.outbox_len() < super::OUTBOX_SOFT_LIMIT).unwrap_or(true)
+    });
     let seen = with(|d| {
         let seen = d.resume_count(page);
         d.handle(Event::Fault { addr, access }).map(|()| seen)

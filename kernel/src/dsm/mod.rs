@@ -37,8 +37,7 @@ use crate::task::{self, Events, Pid};
 use alloc::collections::{BTreeMap, VecDeque};
 use alloc::vec::Vec;
 use shm_ext::dsm::{
-    Action, AddressGenerator, DsmError, Engine, Event, GlobalAddr, PAGE_SIZE, Policy, Rights,
-    Space,
+    Action, AddressGenerator, DsmError, Engine, Event, GlobalAddr, PAGE_SIZE, Policy, Rights, Space,
 };
 
 /// The process number of the kernel's own DSM traffic in extension-layer
@@ -82,6 +81,8 @@ pub struct Dsm {
     pub maps: Vec<Mapping>,
     /// Encoded messages not yet accepted by their destination's queue.
     outbox: VecDeque<(u16, Vec<u8>)>,
+    /// Requests received while the outbox was full, handled once it drains.
+    held: VecDeque<(u16, shm_ext::dsm::Message)>,
     /// Per page: how many `Resume`s it saw, and the last one's result.
     resumes: BTreeMap<GlobalAddr, (u64, Result<(), DsmError>)>,
     /// Hands out data ranges (`dsm_alloc`).
@@ -158,6 +159,7 @@ pub fn init(node: &'static Node, args: &crate::cmdline::Args) {
             node,
             maps: Vec::new(),
             outbox: VecDeque::new(),
+            held: VecDeque::new(),
             resumes: BTreeMap::new(),
             data: generator(node, Space::Data)?,
             dir: generator(node, Space::Directory)?,
@@ -231,7 +233,16 @@ pub fn pump() {
     });
 }
 
+/// Sends waiting for room in peers' queues above which this node's own
+/// faults wait (each queued send holds up to a page of kernel heap).
+pub const OUTBOX_SOFT_LIMIT: usize = 64;
+
 impl Dsm {
+    /// Sends waiting for room in a peer's queue.
+    pub fn outbox_len(&self) -> usize {
+        self.outbox.len()
+    }
+
     /// The result of sync `id`, once it finished (taken).
     pub fn take_synced(&mut self, id: u64) -> Option<Result<(), DsmError>> {
         self.synced.remove(&id)

@@ -32,6 +32,7 @@ pub fn receive(d: &mut Dsm) -> usize {
     let Ok(me) = d.node.caller(u64::from(DSM_PROCESS)) else {
         return 0;
     };
+    replay_held(d);
     let mut taken = 0;
     for _ in 0..MAX_PER_PUMP {
         let mut rx = core::mem::take(&mut d.rx);
@@ -76,6 +77,12 @@ pub fn receive(d: &mut Dsm) -> usize {
         };
         d.rx = rx;
         match decoded {
+            Ok(msg) if is_request(&msg) && d.outbox.len() >= super::OUTBOX_SOFT_LIMIT => {
+                // Back-pressure without deadlock: a new request (whose answer
+                // is a page to send) waits while sends pile up; everything
+                // else, which frees or completes work, is handled now.
+                d.held.push_back((from, msg));
+            }
             Ok(msg) => {
                 if let Err(e) = d.handle(Event::Message { from, msg }) {
                     refuse(d, from, &e);
@@ -86,6 +93,26 @@ pub fn receive(d: &mut Dsm) -> usize {
         taken += 1;
     }
     taken
+}
+
+fn is_request(m: &Message) -> bool {
+    use shm_ext::dsm::Kind;
+    matches!(
+        m.kind,
+        Kind::ReadRequest | Kind::WriteRequest | Kind::Fetch | Kind::WriteBack
+    )
+}
+
+/// Handles requests held back while the outbox was full, once it drained.
+pub fn replay_held(d: &mut Dsm) {
+    while d.outbox.len() < super::OUTBOX_SOFT_LIMIT / 2 {
+        let Some((from, msg)) = d.held.pop_front() else {
+            return;
+        };
+        if let Err(e) = d.handle(Event::Message { from, msg }) {
+            refuse(d, from, &e);
+        }
+    }
 }
 
 /// Encodes `msg` for node `to` and sends it, or queues it behind earlier

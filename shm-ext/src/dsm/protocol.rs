@@ -1644,6 +1644,12 @@ impl Engine {
     /// released to their disks. Directory pages stay.
     fn enforce_budget(&mut self, out: &mut Vec<Action>) {
         let budget = self.policy.ram_pages;
+        // Pages that left by other paths leave stale entries behind.
+        if self.lru.len() > 2 * self.cache.len() + 64 {
+            let cache = &self.cache;
+            self.lru
+                .retain(|&(age, page)| cache.get(page).is_some_and(|e| e.age == age));
+        }
         let mut tries = self.lru.len();
         while tries > 0 {
             let leaving = self.evicting.len() + self.releasing.len();
