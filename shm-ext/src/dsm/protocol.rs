@@ -243,6 +243,8 @@ struct SyncState {
     range: GlobalRange,
     /// This node's write-backs it waits for.
     pages: BTreeSet<GlobalAddr>,
+    /// Pages still to write back (a few at a time: each is a 4 KiB send).
+    todo: VecDeque<GlobalAddr>,
     /// Nodes that have not answered the current phase (initiator only).
     nodes: NodeSet,
     phase: u32,
@@ -1722,12 +1724,13 @@ impl Engine {
                 nodes.insert(n);
             }
         }
-        let pages = self.flush_range(range, out);
+        let (pages, todo) = self.flush_range(range, out);
         self.syncs.insert(
             (self.me, id),
             SyncState {
                 range,
                 pages,
+                todo,
                 nodes,
                 phase: 1,
                 result: Ok(()),
@@ -1749,7 +1752,11 @@ impl Engine {
 
     /// Writes back every dirty owned page of `range` and of the directory;
     /// returns the pages whose write-backs are in flight.
-    fn flush_range(&mut self, range: GlobalRange, out: &mut Vec<Action>) -> BTreeSet<GlobalAddr> {
+    fn flush_range(
+        &mut self,
+        range: GlobalRange,
+        out: &mut Vec<Action>,
+    ) -> (BTreeSet<GlobalAddr>, VecDeque<GlobalAddr>) {
         let dirty: Vec<GlobalAddr> = self
             .cache
             .iter()
@@ -1760,15 +1767,19 @@ impl Engine {
             })
             .map(|(p, _)| *p)
             .collect();
-        for p in dirty {
-            self.flush_page(p, out);
-        }
-        self.flushing
+        let _ = out;
+        let mut pages: BTreeSet<GlobalAddr> = self
+            .flushing
             .keys()
             .filter(|p| range.contains(**p) || p.in_directory_space())
             .copied()
-            .collect()
+            .collect();
+        pages.extend(dirty.iter().copied());
+        (pages, dirty.into_iter().collect())
     }
+
+    /// Write-backs in flight at most (each holds a 4 KiB send).
+    const MAX_FLUSHING: usize = 32;
 
     fn on_sync_request(
         &mut self,
@@ -1787,12 +1798,13 @@ impl Engine {
             self.send(from, done, out);
             return Ok(());
         }
-        let pages = self.flush_range(range, out);
+        let (pages, todo) = self.flush_range(range, out);
         self.syncs.insert(
             (from, msg.txn),
             SyncState {
                 range,
                 pages,
+                todo,
                 nodes: NodeSet::default(),
                 phase: 1,
                 result: Ok(()),
@@ -1827,6 +1839,22 @@ impl Engine {
     /// Moves every sync whose awaited write-backs and answers are in to
     /// its next phase, or to its end.
     fn progress_syncs(&mut self, out: &mut Vec<Action>) {
+        // Tops up the write-backs in flight from the syncs' lists.
+        let keys: Vec<(u16, u64)> = self.syncs.keys().copied().collect();
+        for key in keys {
+            while self.flushing.len() < Self::MAX_FLUSHING {
+                let Some(page) = self.syncs.get_mut(&key).and_then(|st| st.todo.pop_front()) else {
+                    break;
+                };
+                self.flush_page(page, out);
+                if !self.flushing.contains_key(&page)
+                    && let Some(st) = self.syncs.get_mut(&key)
+                {
+                    // Nothing to write back any more (moved, or clean).
+                    st.pages.remove(&page);
+                }
+            }
+        }
         let ready: Vec<(u16, u64)> = self
             .syncs
             .iter()
