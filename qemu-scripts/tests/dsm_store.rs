@@ -5,7 +5,7 @@
 //! the others reading everything and restoring the copies; a garbage and a
 //! truncated disk reported and not trusted. Runs under `SHMOS_ACCEL`.
 
-use shmos::cluster::{Cluster, ClusterConfig, NodeDisk, NodeOptions};
+use shmos::cluster::{Cluster, ClusterConfig, NodeOptions};
 use shmos::vm::{Accel, EXIT_SUCCESS, VmExit};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -194,10 +194,6 @@ fn verify(
     r
 }
 
-fn accel() -> Accel {
-    shmos::host::choose_accel(None).unwrap_or_else(|e| panic!("{e:#}"))
-}
-
 /// Acceptance 7.1 and 7.3: 3 nodes write 64 MiB with checksums under a
 /// DSM RAM budget of 2 MiB per node, so pages go to disk and come back (the
 /// counts are printed); after a sync every VM stops and a new cluster on
@@ -322,5 +318,4 @@ fn dsm_store_reports_garbage_and_truncated_disks_and_reads_on() {
     let line = r.expect(2, "disk damaged");
     assert!(line.to_lowercase().contains("truncated"), "{line}");
     r.finish();
-    let _ = NodeDisk::Default;
 }
