@@ -151,7 +151,7 @@ struct Fuzzer {
     code: u64,
     rodata: u64,
     /// Results: index 0 ok, else the error code.
-    results: [u64; 16],
+    results: [u64; RESULTS],
     /// Bit N: call N succeeded at least once.
     succeeded: u64,
     /// Calls that were given a nonzero timeout.
@@ -546,7 +546,7 @@ fn fuzz(app: &App) -> Outcome<()> {
         message: [0x5a; 64],
         code: main as *const () as u64,
         rodata: READ_ONLY.as_ptr() as u64,
-        results: [0; 16],
+        results: [0; RESULTS],
         succeeded: 0,
         waits: 0,
     };
@@ -616,7 +616,10 @@ fn fuzz(app: &App) -> Outcome<()> {
 }
 
 /// `fuzz: N calls, every call answered (ok X, errors: Name Y, ...)`.
-fn summary<'a>(buf: &'a mut [u8; 512], n: u64, results: &[u64; 16]) -> &'a str {
+/// Result slots: success, then one per error code.
+const RESULTS: usize = Error::ALL.len() + 1;
+
+fn summary<'a>(buf: &'a mut [u8; 512], n: u64, results: &[u64; RESULTS]) -> &'a str {
     use core::fmt::Write;
     struct W<'b>(&'b mut [u8], usize);
     impl Write for W<'_> {
