@@ -148,7 +148,7 @@ pub fn init(node: &'static Node, args: &crate::cmdline::Args) {
         let mut engine = Engine::new(node.id, nodes)?;
         engine.set_policy(policy(args));
         if let Some((disk, complete)) = disk::open(node.id, args.quiet) {
-            if !disk.pages().is_empty() {
+            if disk.stored() > 0 {
                 // A restarted node: ranges come from the directory first.
                 engine.set_not_ready();
             }
@@ -368,7 +368,7 @@ impl Dsm {
 /// missing now passes its ranges to the next live one), and starts
 /// restoring the copies the lost nodes held.
 pub fn recover(node: &'static Node) {
-    let Some(stored) = with(|d| d.engine.disk().map(|disk| disk.pages().len())) else {
+    let Some(stored) = with(|d| d.engine.disk().map(|disk| disk.stored())) else {
         return;
     };
     let live = node.live();

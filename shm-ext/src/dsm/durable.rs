@@ -82,6 +82,8 @@ pub trait Disk {
     fn free_pages(&self) -> u64;
     /// Every stored page and its stamp, in address order.
     fn pages(&self) -> alloc::vec::Vec<(GlobalAddr, Stamp)>;
+    /// How many pages are stored (without listing them).
+    fn stored(&self) -> u64;
     /// Up to `max` stored pages after `after` (from the start if `None`),
     /// in address order.
     fn pages_after(&self, after: Option<GlobalAddr>, max: usize) -> alloc::vec::Vec<GlobalAddr> {
@@ -155,6 +157,10 @@ impl Disk for MemDisk {
 
     fn free_pages(&self) -> u64 {
         self.capacity.saturating_sub(self.pages.len() as u64)
+    }
+
+    fn stored(&self) -> u64 {
+        self.pages.len() as u64
     }
 
     fn pages(&self) -> alloc::vec::Vec<(GlobalAddr, Stamp)> {

@@ -1293,8 +1293,7 @@ impl Engine {
             seq: e.seq,
         };
         let mut msg = Message::new(Kind::WriteBack, self.me, 0, page);
-        msg.version = stamp.version;
-        msg.seq = stamp.seq;
+        msg.set_stamp(stamp);
         msg.data = Some(e.data.clone());
         if e.rights == Rights::Write {
             out.push(Action::Map {
@@ -1319,13 +1318,9 @@ impl Engine {
             return Err(unexpected("write-back on behalf of another node"));
         }
         let page = msg.page;
-        let stamp = Stamp {
-            version: msg.version,
-            seq: msg.seq,
-        };
+        let stamp = msg.stamp();
         let mut ack = Message::new(Kind::WriteBackAck, from, 0, page);
-        ack.version = stamp.version;
-        ack.seq = stamp.seq;
+        ack.set_stamp(stamp);
         if !self.manages(page) {
             ack.reason = DsmError::NotAllocated.code();
             self.send(from, ack, out);
@@ -1355,8 +1350,7 @@ impl Engine {
         self.next_txn += 1;
         for n in waiting.iter() {
             let mut r = Message::new(Kind::Replicate, self.me, id, page);
-            r.version = stamp.version;
-            r.seq = stamp.seq;
+            r.set_stamp(stamp);
             r.data = Some(data.clone());
             self.send(n, r, out);
         }
@@ -1382,10 +1376,7 @@ impl Engine {
         let data = msg.data.take().ok_or(DsmError::BadMessage {
             what: "replica without a page",
         })?;
-        let stamp = Stamp {
-            version: msg.version,
-            seq: msg.seq,
-        };
+        let stamp = msg.stamp();
         let r = self.store_local(msg.page, stamp, &data);
         let mut ack = Message::new(Kind::ReplicaAck, msg.requester, msg.txn, msg.page);
         ack.reason = Self::ack_code(r);
@@ -1423,8 +1414,7 @@ impl Engine {
 
     fn finish_replication(&mut self, rep: Replication, out: &mut Vec<Action>) {
         let mut ack = Message::new(Kind::WriteBackAck, rep.origin, 0, rep.page);
-        ack.version = rep.stamp.version;
-        ack.seq = rep.stamp.seq;
+        ack.set_stamp(rep.stamp);
         ack.reason = rep.error;
         self.send(rep.origin, ack, out);
     }
@@ -1432,7 +1422,7 @@ impl Engine {
     /// Owner: the write-back `msg` names is on every holder's disk.
     fn on_write_back_ack(
         &mut self,
-        from: u16,
+        _from: u16,
         msg: Message,
         out: &mut Vec<Action>,
     ) -> Result<(), DsmError> {
@@ -1440,11 +1430,7 @@ impl Engine {
             return Err(unexpected("write-back ack for another node"));
         }
         let page = msg.page;
-        let stamp = Stamp {
-            version: msg.version,
-            seq: msg.seq,
-        };
-        let _ = from;
+        let stamp = msg.stamp();
         match self.flushing.get(&page) {
             Some(&s) if s == stamp => {
                 self.flushing.remove(&page);
@@ -1597,8 +1583,7 @@ impl Engine {
         if let Some(disk) = self.disk.as_mut() {
             match disk.load(msg.page) {
                 Ok(Some((stamp, data))) => {
-                    reply.version = stamp.version;
-                    reply.seq = stamp.seq;
+                    reply.set_stamp(stamp);
                     reply.data = Some(data);
                 }
                 Ok(None) => {}
@@ -1611,7 +1596,7 @@ impl Engine {
 
     fn on_fetched(
         &mut self,
-        from: u16,
+        _from: u16,
         mut msg: Message,
         out: &mut Vec<Action>,
     ) -> Result<(), DsmError> {
@@ -1622,14 +1607,10 @@ impl Engine {
         let Phase::Fetch(left) = a.phase else {
             return Err(unexpected("fetched copy when none is awaited"));
         };
-        let _ = from;
         let page = msg.page;
         match msg.data.take() {
             Some(data) => {
-                let stamp = Stamp {
-                    version: msg.version,
-                    seq: msg.seq,
-                };
+                let stamp = msg.stamp();
                 // Restores this node's copy too.
                 let _ = self.store_local(page, stamp, &data);
                 self.grant_stored(page, Some((stamp, data)), out);
@@ -1724,7 +1705,7 @@ impl Engine {
                 nodes.insert(n);
             }
         }
-        let (pages, todo) = self.flush_range(range, out);
+        let (pages, todo) = self.flush_range(range);
         self.syncs.insert(
             (self.me, id),
             SyncState {
@@ -1750,13 +1731,10 @@ impl Engine {
         m
     }
 
-    /// Writes back every dirty owned page of `range` and of the directory;
-    /// returns the pages whose write-backs are in flight.
-    fn flush_range(
-        &mut self,
-        range: GlobalRange,
-        out: &mut Vec<Action>,
-    ) -> (BTreeSet<GlobalAddr>, VecDeque<GlobalAddr>) {
+    /// The pages a sync of `range` waits for (write-backs in flight and
+    /// dirty owned pages of the range and of the directory), and the dirty
+    /// ones still to write back.
+    fn flush_range(&self, range: GlobalRange) -> (BTreeSet<GlobalAddr>, VecDeque<GlobalAddr>) {
         let dirty: Vec<GlobalAddr> = self
             .cache
             .iter()
@@ -1767,7 +1745,6 @@ impl Engine {
             })
             .map(|(p, _)| *p)
             .collect();
-        let _ = out;
         let mut pages: BTreeSet<GlobalAddr> = self
             .flushing
             .keys()
@@ -1798,7 +1775,7 @@ impl Engine {
             self.send(from, done, out);
             return Ok(());
         }
-        let (pages, todo) = self.flush_range(range, out);
+        let (pages, todo) = self.flush_range(range);
         self.syncs.insert(
             (from, msg.txn),
             SyncState {
@@ -2034,8 +2011,7 @@ impl Engine {
             };
             for n in others {
                 let mut r = Message::new(Kind::Replicate, self.me, 0, page);
-                r.version = stamp.version;
-                r.seq = stamp.seq;
+                r.set_stamp(stamp);
                 r.data = Some(data.clone());
                 self.send(n, r, out);
             }

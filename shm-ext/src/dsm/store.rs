@@ -1076,4 +1076,8 @@ impl<D: BlockDevice> Disk for PageStore<D> {
     fn pages(&self) -> Vec<(GlobalAddr, Stamp)> {
         self.index.iter().map(|(&a, &(s, _))| (a, s)).collect()
     }
+
+    fn stored(&self) -> u64 {
+        self.index.len() as u64
+    }
 }

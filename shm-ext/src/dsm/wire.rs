@@ -186,6 +186,20 @@ impl Message {
         }
     }
 
+    /// The stamp a copy-carrying message names (version, seq).
+    pub fn stamp(&self) -> super::durable::Stamp {
+        super::durable::Stamp {
+            version: self.version,
+            seq: self.seq,
+        }
+    }
+
+    /// Sets the message's version and seq from `stamp`.
+    pub fn set_stamp(&mut self, stamp: super::durable::Stamp) {
+        self.version = stamp.version;
+        self.seq = stamp.seq;
+    }
+
     /// Bytes `encode` writes.
     pub fn encoded_len(&self) -> usize {
         MESSAGE_HEADER_LEN + if self.data.is_some() { PAGE_BYTES } else { 0 }
