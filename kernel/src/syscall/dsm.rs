@@ -236,7 +236,7 @@ pub fn dsm_info(a: &Args) -> SysResult {
             disk_errors: s.disk_errors,
             cached_pages: d.engine.cache().len() as u64,
             ram_pages: d.engine.policy().ram_pages as u64,
-            disk_pages: disk.map_or(0, |k| k.pages().len() as u64),
+            disk_pages: disk.map_or(0, |k| k.stored()),
             disk_free: disk.map_or(0, |k| k.free_pages()),
             has_disk: u64::from(disk.is_some()),
             live: d.engine.live().0,
@@ -277,6 +277,9 @@ pub fn dsm_stat(a: &Args) -> SysResult {
         directory::lookup(&mut KernelDirectory, addr).map_err(dsm_error)?
     };
     let page = addr.page();
+    // Messages already in this node's queue (a confirm that ends a
+    // transaction another node saw finish) count before the state is read.
+    dsm::pump();
     let mut out = DsmStat {
         first: halves(e.first),
         last: halves(e.last),
