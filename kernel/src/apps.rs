@@ -130,6 +130,12 @@ pub fn run(args: &Args, node: Option<&'static Node>) -> bool {
             next_poll = now + POLL_NS;
         }
     }
+    // One last look at the cluster, so that a membership change the apps
+    // already acted on (a peer another node declared dead) is reported
+    // before this node leaves, not lost between two 100 ms polls.
+    if let Some(node) = node {
+        node.poll();
+    }
     let failed = pids
         .iter()
         .filter(|(pid, _)| task::exit_status(*pid) != Some(ExitStatus::Code(0)))
