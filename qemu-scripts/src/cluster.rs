@@ -62,13 +62,14 @@ pub struct ClusterConfig {
 }
 
 impl ClusterConfig {
-    /// Defaults: 64 MiB shared, doorbells with 4 vectors, 128 MiB per VM.
+    /// Defaults: 64 MiB shared, doorbells with 5 vectors (the extension
+    /// layer's four and the DSM's), 128 MiB per VM.
     pub fn new(kernel: PathBuf, accel: Accel) -> Self {
         ClusterConfig {
             kernel,
             shm_size: 64 << 20,
             plain: false,
-            vectors: 4,
+            vectors: 5,
             accel,
             firmware: Firmware::Qboot,
             memory: "128M".into(),

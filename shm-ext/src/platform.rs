@@ -13,7 +13,8 @@ pub trait Doorbell {
     fn local_peer(&self) -> Option<u16>;
 }
 
-/// Doorbell vectors of the extension layer (ivshmem `vectors=4` has 0..4).
+/// Doorbell vectors of the extension layer and the DSM (ivshmem `vectors=5`
+/// has 0..5).
 ///
 /// A ring also sets the vector's bit in the target's node entry, so nodes
 /// without interrupts find it by polling `Shm::take_pending`.
@@ -27,6 +28,10 @@ pub mod vector {
     pub const LOCK: u16 = 2;
     /// The cluster barrier was released.
     pub const BARRIER: u16 = 3;
+    /// A kernel's DSM sent the node a message (rung besides [`MESSAGE`], so
+    /// that the task serving DSM requests wakes for those and not for
+    /// every app message).
+    pub const DSM: u16 = 4;
 }
 
 /// A doorbell that rings nothing: for `ivshmem-plain`, where nodes poll.

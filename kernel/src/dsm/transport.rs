@@ -8,6 +8,7 @@
 use super::{DSM_PROCESS, Dsm};
 use crate::cluster::IvshmemDoorbell;
 use shm_ext::ShmError;
+use shm_ext::platform::vector;
 use shm_ext::dsm::{DSM_PORT, Event, Message};
 
 /// Most messages one pump takes, so that a flood cannot hold the CPU with
@@ -138,6 +139,7 @@ pub fn flush(d: &mut Dsm) {
         return;
     };
     let mut blocked = shm_ext::NodeSet::default();
+    let mut sent = shm_ext::NodeSet::default();
     let mut keep = alloc::collections::VecDeque::new();
     while let Some((to, bytes)) = d.outbox.pop_front() {
         if blocked.contains(to) {
@@ -149,7 +151,7 @@ pub fn flush(d: &mut Dsm) {
             .shm()
             .msg_send(&IvshmemDoorbell, me, to, DSM_PORT, &bytes)
         {
-            Ok(()) => {}
+            Ok(()) => sent.insert(to),
             Err(ShmError::QueueFull | ShmError::Busy) => {
                 blocked.insert(to);
                 keep.push_back((to, bytes));
@@ -161,6 +163,11 @@ pub fn flush(d: &mut Dsm) {
         }
     }
     d.outbox = keep;
+    // The send rang MESSAGE, which wakes the peer's app waiters; DSM wakes
+    // the task that serves DSM requests there (once per peer and flush).
+    for to in sent.iter() {
+        let _ = d.node.shm().ring(&IvshmemDoorbell, to, vector::DSM);
+    }
 }
 
 impl Dsm {
