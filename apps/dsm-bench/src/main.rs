@@ -21,6 +21,21 @@
 //!   `bench dsm-read-fault n=N value=NS unit=ns`,
 //!   `bench dsm-write-fault-1 ...` and `bench dsm-write-fault-2 ...` (mean
 //!   per fault); every node then checks every page.
+//! - `disk N`: the disks under the DSM, on nodes that run with a RAM budget
+//!   (`dsm.ram=PAGES`, at least [`SYNC_PAGES`] + [`SYNC_SLACK`]). Node 0
+//!   rewrites every page of a 1 MiB range and times `dsm_sync` of it, K
+//!   times (K = N / 50, at least 1); prints
+//!   `bench dsm-sync-1mib n=K value=NS unit=ns` (mean per sync). Then it
+//!   writes one word in each page of a range of 4x the budget, or N / 50
+//!   MiB (1 to 64) if more (the pages go out to the disks), syncs it
+//!   (untimed), and reads every page back; from its paging counters
+//!   (`dsm_info`: node 0 owns the pages and is responsible for the range,
+//!   so it counts every page-out and page-in) it prints
+//!   `bench dsm-page-out n=PAGES value=BYTES_PER_S unit=B/s` and
+//!   `bench dsm-page-in ...` (pages counted x 4 KiB over the phase's
+//!   time). It fails if a page of the MiB was paged out before its sync,
+//!   if a counter did not move, or if a page reads back wrong. The other
+//!   nodes hold the disk copies and wait in barriers.
 #![no_std]
 #![no_main]
 
@@ -55,8 +70,12 @@ fn dsm_bench(app: &App) -> Outcome<()> {
             let n = demo_common::number(app, words.next(), "pages", 200)?;
             bench(app, n)
         }
+        Some("disk") => {
+            let n = demo_common::number(app, words.next(), "operations", 100)?;
+            disk(app, n)
+        }
         other => Err(app.fail(format_args!(
-            "unknown mode {other:?} (hostile, spread, migrate, bench)"
+            "unknown mode {other:?} (hostile, spread, migrate, bench, disk)"
         ))),
     }
 }
@@ -332,4 +351,143 @@ fn bench(app: &App, n: u64) -> Outcome<()> {
     }
     sys::barrier().or_fail(app, "barrier after the check")?;
     m.unmap().or_fail(app, "dsm_unmap")
+}
+
+/// Pages of the range whose `dsm_sync` the `disk` mode times (1 MiB).
+const SYNC_PAGES: u64 = (1 << 20) / PAGE;
+/// RAM budget pages the `disk` mode needs beyond [`SYNC_PAGES`]: the
+/// directory pages stay in RAM and count against the budget, and a synced
+/// page paged out before its sync would leave less than 1 MiB to write.
+const SYNC_SLACK: u64 = 64;
+
+/// This node's DSM counters.
+fn info(app: &App) -> Outcome<shmos_rt::abi::DsmInfo> {
+    sys::dsm_info().or_fail(app, "dsm_info")
+}
+
+/// Bytes per second of `pages` pages moved in `ns` nanoseconds.
+fn bytes_per_s(pages: u64, ns: u64) -> u64 {
+    (u128::from(pages * PAGE) * 1_000_000_000 / u128::from(ns.max(1))) as u64
+}
+
+fn disk(app: &App, n: u64) -> Outcome<()> {
+    let nodes = live_nodes(app)?;
+    let i = info(app)?;
+    app.ensure(
+        i.has_disk == 1,
+        format_args!("disk needs a disk on every node"),
+    )?;
+    app.ensure(
+        i.ram_pages >= SYNC_PAGES + SYNC_SLACK,
+        format_args!(
+            "a RAM budget of {} pages is below the {} that the 1 MiB sync needs (dsm.ram)",
+            i.ram_pages,
+            SYNC_PAGES + SYNC_SLACK
+        ),
+    )?;
+    // At least 4x the budget, so most pages go out; at the full count as
+    // much as the raw disk benchmark writes (a fiftieth of N, 1 to 64 MiB).
+    let paged = (4 * i.ram_pages).max((n / 50).clamp(1, 64) * SYNC_PAGES);
+    app.ensure(
+        paged <= i.disk_free,
+        format_args!(
+            "{paged} pages to page out (4x the budget of {} pages, dsm.ram) do not fit the disk's {} free pages",
+            i.ram_pages, i.disk_free
+        ),
+    )?;
+    sync_cost(app, nodes, (n / 50).max(1))?;
+    paging(app, nodes, paged)
+}
+
+/// Times `dsm_sync` of a freshly rewritten 1 MiB range, `k` times, on node 0.
+fn sync_cost(app: &App, nodes: u64, k: u64) -> Outcome<()> {
+    let len = SYNC_PAGES * PAGE;
+    let g = demo_common::share_dsm_range(app, nodes, PORT, MAGIC, len)?;
+    sys::barrier().or_fail(app, "barrier before the syncs")?;
+    if app.node == 0 {
+        let m = DsmMapping::map(g, len, true).or_fail(app, "dsm_map")?;
+        let mut total = 0;
+        for round in 0..k {
+            let before = info(app)?;
+            // Every page dirty: the sync writes back, replicates and flushes
+            // the whole MiB.
+            for p in 0..SYNC_PAGES as usize {
+                m.set(p * PAGE_WORDS, round);
+            }
+            let t0 = now(app)?;
+            sys::dsm_sync(g, len).or_fail(app, "dsm_sync of 1 MiB")?;
+            total += now(app)? - t0;
+            let after = info(app)?;
+            // Directory pages are written back too: the page-outs tell
+            // whether all of the MiB was still in RAM to sync.
+            let (wrote, outs) = (
+                after.write_backs - before.write_backs,
+                after.page_outs - before.page_outs,
+            );
+            app.ensure(
+                wrote >= SYNC_PAGES && outs == 0,
+                format_args!(
+                    "sync {round} wrote back {wrote} pages with {outs} paged out (of {SYNC_PAGES}; raise dsm.ram)"
+                ),
+            )?;
+        }
+        println!("bench dsm-sync-1mib n={k} value={} unit=ns", total / k);
+        m.unmap().or_fail(app, "dsm_unmap")?;
+        // Its pages leave the RAM without counting as the paging phase's.
+        sys::dsm_free(g, len).or_fail(app, "dsm_free")?;
+    }
+    sys::barrier().or_fail(app, "barrier after the syncs")
+}
+
+/// Node 0 writes `pages` pages under the RAM budget (page-outs), then
+/// reads them back (page-ins), and prints both rates.
+fn paging(app: &App, nodes: u64, pages: u64) -> Outcome<()> {
+    let len = pages * PAGE;
+    let g = demo_common::share_dsm_range(app, nodes, PORT, MAGIC, len)?;
+    sys::barrier().or_fail(app, "barrier before paging")?;
+    if app.node == 0 {
+        let m = DsmMapping::map(g, len, true).or_fail(app, "dsm_map")?;
+        let range = || 0..pages as usize;
+        let before = info(app)?;
+        let t0 = now(app)?;
+        for p in range() {
+            m.set(p * PAGE_WORDS, mark(p as u64));
+        }
+        let t1 = now(app)?;
+        let written = info(app)?;
+        // The pages still in RAM go clean: the reads then make room without
+        // writing back, and time only what comes in.
+        sys::dsm_sync(g, len).or_fail(app, "dsm_sync of the paged range")?;
+        let synced = info(app)?;
+        let t2 = now(app)?;
+        for p in range() {
+            let v = m.get(p * PAGE_WORDS);
+            app.ensure(
+                v == mark(p as u64),
+                format_args!("page {p} reads {v:#x}, not {:#x}", mark(p as u64)),
+            )?;
+        }
+        let t3 = now(app)?;
+        let read = info(app)?;
+        let outs = written.page_outs - before.page_outs;
+        let ins = read.page_ins - synced.page_ins;
+        app.ensure(
+            outs > 0 && ins > 0,
+            format_args!(
+                "{pages} pages against a budget of {}: {outs} page-outs, {ins} page-ins",
+                before.ram_pages
+            ),
+        )?;
+        println!(
+            "bench dsm-page-out n={outs} value={} unit=B/s",
+            bytes_per_s(outs, t1 - t0)
+        );
+        println!(
+            "bench dsm-page-in n={ins} value={} unit=B/s",
+            bytes_per_s(ins, t3 - t2)
+        );
+        m.unmap().or_fail(app, "dsm_unmap")?;
+        sys::dsm_free(g, len).or_fail(app, "dsm_free")?;
+    }
+    sys::barrier().or_fail(app, "barrier after paging")
 }
