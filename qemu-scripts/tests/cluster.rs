@@ -200,7 +200,7 @@ fn the_benchmark_smoke_run_measures_every_figure() {
         peer: env!("CARGO_BIN_EXE_shmos").into(),
     };
     let report = shmos::bench::run(&cfg, |_| {}).unwrap_or_else(|e| panic!("{e:#}"));
-    assert_eq!(report.comparisons.len(), 24, "{report:#?}");
+    assert_eq!(report.comparisons.len(), 27, "{report:#?}");
     for c in &report.comparisons {
         for f in [&c.figure, &c.baseline] {
             assert!(
@@ -220,6 +220,9 @@ fn the_benchmark_smoke_run_measures_every_figure() {
         "2 host processes",
         "virtio-blk write",
         "host file write",
+        "DSM sync of 1 MiB",
+        "DSM page-out",
+        "DSM page-in",
     ] {
         assert!(table.contains(key), "no {key:?} in\n{table}");
     }
@@ -227,7 +230,7 @@ fn the_benchmark_smoke_run_measures_every_figure() {
     let json = shmos::bench::write_json(&report, out.path()).unwrap();
     let parsed: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap();
-    assert_eq!(parsed["comparisons"].as_array().map(Vec::len), Some(24));
+    assert_eq!(parsed["comparisons"].as_array().map(Vec::len), Some(27));
     let svg = out.path().join("bench.svg");
     shmos::bench::chart::write_svg(&report, &svg).unwrap();
     assert!(std::fs::read_to_string(svg).unwrap().contains("<svg"));

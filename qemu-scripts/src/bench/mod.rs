@@ -9,8 +9,11 @@
 //! time (an app's first instruction against a kernel that powers off at
 //! once), raw sequential writes to a VM's virtio-blk disk against the
 //! host writing a file ([`disk`]), the extension-layer figures between two VMs (the `bench` app,
-//! apps/bench), and the doorbell round trip through shmos's path against a
-//! bare register-and-spin loop in the same kernel. A figure is the median
+//! apps/bench), the DSM's page faults and its disk costs (`dsm_sync` of
+//! 1 MiB, paging out and in) between three VMs (apps/dsm-bench), the
+//! latter against the raw virtio-blk write of the same run, and the
+//! doorbell round trip through shmos's path against a bare
+//! register-and-spin loop in the same kernel. A figure is the median
 //! over runs; the spread is the smallest and largest run.
 
 pub mod baseline;
@@ -218,10 +221,48 @@ pub const DSM_FIGURES: [&str; 3] = ["dsm-read-fault", "dsm-write-fault-1", "dsm-
 /// Boots three nodes running `dsm-bench bench N`; returns the fault
 /// latencies in ns (read, write with one reader, write with two).
 fn dsm_run(cfg: &BenchConfig) -> Result<BTreeMap<String, f64>> {
+    dsm_bench_run(
+        cfg,
+        &format!("app=dsm-bench:bench+{}", cfg.iterations),
+        &DSM_FIGURES,
+    )
+}
+
+/// The DSM disk figures that [`dsm_disk_run`] measures.
+pub const DSM_DISK_FIGURES: [&str; 3] = ["dsm-sync-1mib", "dsm-page-out", "dsm-page-in"];
+
+/// Each node's DSM RAM budget in the disk figures' run (`dsm.ram`): the
+/// 1 MiB the sync rewrites and the directory pages (which stay in RAM and
+/// count against the budget) must fit, or pages of the MiB are paged out
+/// before their sync; the paging range is 4x this.
+pub const DSM_DISK_RAM_PAGES: u64 = 320;
+
+/// Boots three nodes running `dsm-bench disk N` under a small RAM budget;
+/// returns the cost of `dsm_sync` of 1 MiB (ns) and the paging rates
+/// (MB/s).
+fn dsm_disk_run(cfg: &BenchConfig) -> Result<BTreeMap<String, f64>> {
+    dsm_bench_run(
+        cfg,
+        &format!(
+            "dsm.ram={DSM_DISK_RAM_PAGES} app=dsm-bench:disk+{}",
+            cfg.iterations
+        ),
+        &DSM_DISK_FIGURES,
+    )
+}
+
+/// Boots three nodes (each with its disk) with `cmdline` for `dsm-bench`;
+/// returns node 0's `bench` lines, which must include every one of
+/// `figures`.
+fn dsm_bench_run(
+    cfg: &BenchConfig,
+    cmdline: &str,
+    figures: &[&str],
+) -> Result<BTreeMap<String, f64>> {
     let mut cc = ClusterConfig::new(cfg.kernel.clone(), cfg.accel);
     cc.shm_size = 64 << 20;
     cc.echo = cfg.verbose;
-    cc.cmdline = format!("cluster.wait_live=3 app=dsm-bench:bench+{}", cfg.iterations);
+    cc.cmdline = format!("cluster.wait_live=3 {cmdline}");
     let mut cluster = Cluster::start(cc)?;
     for node in 0..3 {
         cluster.spawn_node(node, "")?;
@@ -237,8 +278,8 @@ fn dsm_run(cfg: &BenchConfig) -> Result<BTreeMap<String, f64>> {
         }
     }
     let values = bench_lines(cluster.log(0));
-    for f in DSM_FIGURES {
-        if !values.contains_key(f) {
+    for f in figures {
+        if !values.contains_key(*f) {
             bail!(
                 "node 0 printed no `bench {f}` line:\n{}",
                 cluster.tail(0, 20)
@@ -246,6 +287,12 @@ fn dsm_run(cfg: &BenchConfig) -> Result<BTreeMap<String, f64>> {
         }
     }
     Ok(values)
+}
+
+/// How long writing `bytes` takes at `mb_per_s` MB/s, in ns: the raw
+/// disk's time for what a DSM figure writes, from the same run's rate.
+fn write_ns(bytes: u64, mb_per_s: f64) -> f64 {
+    bytes as f64 * 1e3 / mb_per_s
 }
 
 /// QEMU start to QEMU exit of one VM with `cmdline`, in ms (with its
@@ -324,7 +371,7 @@ pub fn disk_bench_mib(iterations: usize) -> u64 {
 }
 
 /// The table, in order; targets from the benchmark issue.
-const ROWS: [Row; 24] = [
+const ROWS: [Row; 27] = [
     row("boot", "boot-exit", Some(Target::Plus(20.0))),
     row("syscall", "host-syscall", None),
     row("msg64-polled", "thread-pingpong", Some(Target::Below(3.0))),
@@ -342,6 +389,9 @@ const ROWS: [Row; 24] = [
     row("dsm-write-fault-1", "msg64-doorbell", None),
     row("dsm-write-fault-2", "msg64-doorbell", None),
     row("disk-write", "host-file-write", None),
+    row("dsm-sync-1mib", "disk-write-1mib", None),
+    row("dsm-page-out", "disk-write", None),
+    row("dsm-page-in", "disk-write", None),
     row("hosted/msg64-polled", "thread-pingpong", None),
     row("hosted/msg4k-polled", "thread-pingpong", None),
     row("hosted/msg64k-throughput", "memcpy", None),
@@ -488,11 +538,20 @@ pub fn run(cfg: &BenchConfig, mut progress: impl FnMut(&str)) -> Result<Report> 
             "MB/s",
             baseline::file_write_bytes_per_s(host_dir.path(), mib << 20)? / 1e6,
         );
+        let disk_mb_s = disk::virtio_blk_write_bytes_per_s(&cfg.kernel, cfg.accel, mib)? / 1e6;
         s.push(
             "disk-write",
             "virtio-blk write, 4 KiB blocks + flush, VM",
             "MB/s",
-            disk::virtio_blk_write_bytes_per_s(&cfg.kernel, cfg.accel, mib)? / 1e6,
+            disk_mb_s,
+        );
+        // The DSM sync's baseline: this run's raw rate, not a median of
+        // other runs, so that both sides share the run's noise.
+        s.push(
+            "disk-write-1mib",
+            "1 MiB at the virtio-blk write rate, VM",
+            "ns",
+            write_ns(1 << 20, disk_mb_s),
         );
         progress(&step("extension layer between two VMs"));
         for (figure, v) in vm_run(cfg)? {
@@ -519,6 +578,29 @@ pub fn run(cfg: &BenchConfig, mut progress: impl FnMut(&str)) -> Result<Report> 
                 _ => continue,
             };
             s.push(key, label, "ns", v);
+        }
+        progress(&step("DSM sync and paging between three VMs"));
+        for (figure, v) in dsm_disk_run(cfg)? {
+            let (key, label, unit): (&'static str, &'static str, &'static str) =
+                match figure.as_str() {
+                    "dsm-sync-1mib" => (
+                        "dsm-sync-1mib",
+                        "DSM sync of 1 MiB: write back, copy, flush",
+                        "ns",
+                    ),
+                    "dsm-page-out" => (
+                        "dsm-page-out",
+                        "DSM page-out, writes past the RAM budget",
+                        "MB/s",
+                    ),
+                    "dsm-page-in" => (
+                        "dsm-page-in",
+                        "DSM page-in, reads back from the disks",
+                        "MB/s",
+                    ),
+                    _ => continue,
+                };
+            s.push(key, label, unit, v);
         }
         progress(&step("doorbell round trip"));
         s.push(
@@ -689,6 +771,33 @@ mod tests {
     }
 
     #[test]
+    fn the_raw_write_time_follows_the_rate() {
+        // 1 MiB at 1.048576 MB/s is one second; twice the rate, half.
+        assert!((write_ns(1 << 20, 1.048576) - 1e9).abs() < 1e-3);
+        assert!((write_ns(1 << 20, 2.097152) - 5e8).abs() < 1e-3);
+        assert_eq!(write_ns(0, 100.0), 0.0);
+    }
+
+    #[test]
+    fn dsm_disk_lines_come_in_table_units() {
+        let log = [
+            "bench dsm-sync-1mib n=2 value=274488748 unit=ns",
+            "bench dsm-page-out n=924 value=2165899 unit=B/s",
+            "[n0] something else value=1",
+            "bench dsm-page-in n=1280 value=9359973 unit=B/s",
+        ]
+        .map(String::from);
+        let v = bench_lines(&log);
+        assert_eq!(v.len(), 3, "{v:?}");
+        assert_eq!(v["dsm-sync-1mib"], 274488748.0);
+        assert!((v["dsm-page-out"] - 2.165899).abs() < 1e-9);
+        assert!((v["dsm-page-in"] - 9.359973).abs() < 1e-9);
+        for f in DSM_DISK_FIGURES {
+            assert!(ROWS.iter().any(|r| r.key == f), "no row for {f}");
+        }
+    }
+
+    #[test]
     fn dates_are_civil() {
         let d = now_utc();
         assert!(
@@ -700,7 +809,9 @@ mod tests {
     #[test]
     fn every_row_has_a_known_figure() {
         for r in &ROWS {
-            let vm = VM_FIGURES.contains(&r.key) || DSM_FIGURES.contains(&r.key);
+            let vm = VM_FIGURES.contains(&r.key)
+                || DSM_FIGURES.contains(&r.key)
+                || DSM_DISK_FIGURES.contains(&r.key);
             let other = r.key.starts_with("hosted/")
                 || r.key.starts_with("boot")
                 || r.key.starts_with("disk")
