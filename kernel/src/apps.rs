@@ -8,9 +8,9 @@ use crate::cluster::Node;
 use crate::cmdline::Args;
 use crate::kprintln;
 use crate::task::{self, Events, ExitStatus, Pid};
-use shm_ext::platform::vector;
 use alloc::string::String;
 use alloc::vec::Vec;
+use shm_ext::platform::vector;
 
 /// One embedded app.
 #[derive(Debug)]
@@ -46,6 +46,8 @@ pub fn names() -> String {
 
 /// How often the waiting kernel task looks at the cluster (liveness, rejoin).
 const POLL_NS: u64 = 100_000_000;
+/// Longest a node waits, after its apps ended, for copies it is restoring.
+const RESTORE_NS: u64 = 120_000_000_000;
 
 /// Starts every app the command line names, waits until all have ended and
 /// prints `node N: all apps finished`; true if every one exited with code 0.
@@ -133,7 +135,10 @@ pub fn run(args: &Args, node: Option<&'static Node>) -> bool {
         let now = crate::time::now_ns();
         if now >= next_poll {
             if let Some(node) = node {
-                node.poll();
+                let changed = node.poll();
+                if !changed.died.is_empty() {
+                    crate::dsm::nodes_lost(node, changed.died);
+                }
                 crate::dsm::report::publish();
             }
             next_poll = now + POLL_NS;
@@ -143,8 +148,19 @@ pub fn run(args: &Args, node: Option<&'static Node>) -> bool {
     // already acted on (a peer another node declared dead) is reported
     // before this node leaves, not lost between two 100 ms polls.
     if let Some(node) = node {
-        node.poll();
+        let changed = node.poll();
+        if !changed.died.is_empty() {
+            crate::dsm::nodes_lost(node, changed.died);
+        }
     }
+    // Copies being restored (after a loss or a damaged disk) are finished
+    // before this node leaves, within a bound: a node that leaves with a
+    // page's only other copy would leave it with one disk.
+    let restore_by = crate::time::now_ns().saturating_add(RESTORE_NS);
+    let _ = task::wait_event(dsm_events, Some(restore_by), || {
+        let _ = crate::dsm::pump_background();
+        !crate::dsm::restoring_copies()
+    });
     let failed = pids
         .iter()
         .filter(|(pid, _)| task::exit_status(*pid) != Some(ExitStatus::Code(0)))

@@ -9,6 +9,12 @@
 //! node 0 syncs the range (`dsm_sync`), every node reads its stripe back
 //! and checks it, and prints its paging counters.
 //!
+//! `write MIB SEED lose V`: the same, then node V waits to be killed (the
+//! test kills its VM) while the others wait until the cluster declared it
+//! dead and check the whole range, striped over the survivors, V's pages
+//! included: `dsm-store: node N verified K pages, B bad after node V was
+//! lost`.
+//!
 //! `verify GADDR MIB [SEED]`: every live node maps the range at GADDR (hex)
 //! and checks its stripe: after a restart on the same disks, or with a
 //! node and its disk gone.
@@ -72,6 +78,11 @@ fn dsm_store(app: &App) -> Outcome<()> {
         other => return Err(app.fail(format_args!("unknown mode {other:?} (write or verify)"))),
     };
     let seed = demo_common::number(app, words.next(), "seed", 1)?;
+    let victim = match words.next() {
+        None => None,
+        Some("lose") => Some(demo_common::number(app, words.next(), "node to lose", 1)?),
+        Some(other) => return Err(app.fail(format_args!("unexpected argument {other:?}"))),
+    };
     let len = mib << 20;
     let pages = len / PAGE;
     let map = DsmMapping::map(g, len, mode == "write").or_fail(app, "dsm_map")?;
@@ -107,27 +118,18 @@ fn dsm_store(app: &App) -> Outcome<()> {
         sys::barrier().or_fail(app, "barrier after the sync")?;
     }
 
-    let mut checked = 0u64;
-    let mut bad = 0u64;
-    let mut first_bad = None;
-    for p in mine {
-        let base = p as usize * WORDS;
-        let mut ok = map.get(base) == p;
-        for w in 1..WORDS - 1 {
-            ok &= map.get(base + w) == pattern(seed, p, w);
-        }
-        let sum = checksum((0..WORDS - 1).map(|w| map.get(base + w)));
-        ok &= map.get(base + WORDS - 1) == sum;
-        checked += 1;
-        if !ok {
-            bad += 1;
-            first_bad.get_or_insert(p);
-        }
-    }
+    let (mut checked, mut bad, mut first_bad) = check(&map, seed, mine);
     println!(
         "dsm-store: node {} verified {checked} pages, {bad} bad",
         app.node
     );
+    if let Some(v) = victim {
+        sys::barrier().or_fail(app, "barrier before the loss")?;
+        let (more_checked, more_bad, more_first) = lose(app, &map, seed, pages, v)?;
+        checked += more_checked;
+        bad += more_bad;
+        first_bad = first_bad.or(more_first);
+    }
     let i = sys::dsm_info().or_fail(app, "dsm_info")?;
     println!(
         "dsm-store: node {} page-outs {} page-ins {} dropped {} write-backs {} stored {} migrations {} disk-pages {} cached {} budget {} disk-errors {}",
@@ -150,4 +152,64 @@ fn dsm_store(app: &App) -> Outcome<()> {
         bad == 0,
         format_args!("{bad} of {checked} pages bad, the first page {first_bad:?}"),
     )
+}
+
+/// Checks pages `pages` of `map`: (pages checked, bad ones, the first bad).
+fn check(map: &DsmMapping, seed: u64, pages: impl Iterator<Item = u64>) -> (u64, u64, Option<u64>) {
+    let (mut checked, mut bad, mut first_bad) = (0, 0, None);
+    for p in pages {
+        let base = p as usize * WORDS;
+        let mut ok = map.get(base) == p;
+        for w in 1..WORDS - 1 {
+            ok &= map.get(base + w) == pattern(seed, p, w);
+        }
+        let sum = checksum((0..WORDS - 1).map(|w| map.get(base + w)));
+        ok &= map.get(base + WORDS - 1) == sum;
+        checked += 1;
+        if !ok {
+            bad += 1;
+            first_bad.get_or_insert(p);
+        }
+    }
+    (checked, bad, first_bad)
+}
+
+/// How long the survivors wait for the cluster to declare the lost node dead.
+const LOSS_WAIT_NS: u64 = 300_000_000_000;
+
+/// `lose V` after the write: node V waits to be killed (by the test); the
+/// others wait until the cluster declared it dead, then check the whole
+/// range, striped over the survivors, V's pages included.
+fn lose(
+    app: &App,
+    map: &DsmMapping,
+    seed: u64,
+    pages: u64,
+    victim: u64,
+) -> Outcome<(u64, u64, Option<u64>)> {
+    if u64::from(app.node) == victim {
+        println!("dsm-store: node {victim} waits to be lost");
+        loop {
+            sys::sleep_ns(1_000_000_000).or_fail(app, "sleep")?;
+        }
+    }
+    let deadline = now(app)? + LOSS_WAIT_NS;
+    let live = loop {
+        let live = live_nodes(app)?;
+        if live & (1 << victim) == 0 {
+            break live;
+        }
+        app.ensure(
+            now(app)? < deadline,
+            format_args!("node {victim} is still live"),
+        )?;
+        sys::sleep_ns(50_000_000).or_fail(app, "sleep")?;
+    };
+    let (rank, n) = stripe(app, live);
+    let r = check(map, seed, (0..pages).filter(|p| p % n == rank));
+    println!(
+        "dsm-store: node {} verified {} pages, {} bad after node {victim} was lost",
+        app.node, r.0, r.1
+    );
+    Ok(r)
 }

@@ -36,6 +36,7 @@ use crate::sync::IrqMutex;
 use crate::task::{self, Events, Pid};
 use alloc::collections::{BTreeMap, VecDeque};
 use alloc::vec::Vec;
+use shm_ext::NodeSet;
 use shm_ext::dsm::{
     Action, AddressGenerator, DsmError, Engine, Event, GlobalAddr, PAGE_SIZE, Policy, Rights, Space,
 };
@@ -388,6 +389,38 @@ pub fn recover(node: &'static Node) {
             d.rereplicating = Some(None);
         }
     });
+}
+
+/// Takes nodes the cluster declared dead out of the DSM while the others
+/// run on: their ranges pass to the next live node, the pages they owned
+/// come back from the disk copies (the last write-back or sync), and the
+/// copies they held are restored in the background. Nodes that left
+/// cleanly are not taken out here: their owned pages would silently read
+/// as their last synced state.
+pub fn nodes_lost(node: &'static Node, died: NodeSet) {
+    with(|d| {
+        let live = NodeSet(d.engine.live().0 & !died.0);
+        if live == d.engine.live() {
+            return;
+        }
+        let mut out = Vec::new();
+        let _ = d.engine.set_live(live, &mut out);
+        d.apply(out);
+        let disk = d.engine.disk().is_some();
+        if disk {
+            d.rereplicating = Some(None);
+        }
+        crate::kprintln!(
+            "node {}: DSM: node(s) {died} lost; their pages come from the disks{}",
+            node.id,
+            if disk { ", restoring copies" } else { "" }
+        );
+    });
+}
+
+/// True while copies are being restored in the background.
+pub fn restoring_copies() -> bool {
+    with(|d| d.rereplicating.is_some()).unwrap_or(false)
 }
 
 /// Walks the directory: every range is made known to the engine, and the

@@ -8,8 +8,8 @@
 use super::{DSM_PROCESS, Dsm};
 use crate::cluster::IvshmemDoorbell;
 use shm_ext::ShmError;
-use shm_ext::platform::vector;
 use shm_ext::dsm::{DSM_PORT, Event, Message};
+use shm_ext::platform::vector;
 
 /// Most messages one pump takes, so that a flood cannot hold the CPU with
 /// interrupts off for long.
