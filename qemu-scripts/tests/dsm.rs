@@ -164,7 +164,7 @@ fn dsm_range_larger_than_a_node_spreads_over_the_nodes() {
     let _one = one_at_a_time();
     let mut d = Dsm::new("dsm spread range on 3 nodes", "128M");
     let per_node = match d.accel {
-        Accel::Tcg => 8,
+        Accel::Tcg => 12,
         Accel::Kvm => 2,
     };
     d.boot_all(&format!("dsm-bench:spread+192+{per_node}"));
