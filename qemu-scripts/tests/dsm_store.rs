@@ -89,6 +89,16 @@ impl Run {
         }
     }
 
+    /// The global address of the range node 0 allocated (hex, as printed).
+    fn range(&mut self) -> String {
+        let line = self.expect(0, "dsm-store: range ");
+        line.split("range ")
+            .nth(1)
+            .and_then(|s| s.split(' ').next())
+            .unwrap_or_else(|| panic!("no range in {line:?}"))
+            .to_string()
+    }
+
     /// Every node verified its stripe with no bad page; returns the sum of
     /// page-outs and page-ins over the nodes.
     fn verified(&mut self) -> (u64, u64) {
@@ -160,13 +170,7 @@ fn write(
         extra,
         &format!("dsm-store:write+{mib}"),
     );
-    let line = r.expect(0, "dsm-store: range ");
-    let g = line
-        .split("range ")
-        .nth(1)
-        .and_then(|s| s.split(' ').next())
-        .unwrap_or_else(|| panic!("no range in {line:?}"))
-        .to_string();
+    let g = r.range();
     r.expect(0, &format!("dsm-store: synced {mib} MiB"));
     let (outs, ins) = r.verified();
     r.finish();
@@ -249,13 +253,7 @@ fn dsm_store_loses_a_node_and_its_disk_after_a_sync() {
         "",
         &format!("dsm-store:write+{mib}+1+lose+1"),
     );
-    let line = r.expect(0, "dsm-store: range ");
-    let g = line
-        .split("range ")
-        .nth(1)
-        .and_then(|s| s.split(' ').next())
-        .unwrap_or_else(|| panic!("no range in {line:?}"))
-        .to_string();
+    let g = r.range();
     r.expect(0, &format!("dsm-store: synced {mib} MiB"));
     r.expect(1, "dsm-store: node 1 waits to be lost");
     r.c.kill_node(1).unwrap();
