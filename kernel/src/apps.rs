@@ -135,10 +135,7 @@ pub fn run(args: &Args, node: Option<&'static Node>) -> bool {
         let now = crate::time::now_ns();
         if now >= next_poll {
             if let Some(node) = node {
-                let changed = node.poll();
-                if !changed.died.is_empty() {
-                    crate::dsm::nodes_lost(node, changed.died);
-                }
+                poll_cluster(node);
                 crate::dsm::report::publish();
             }
             next_poll = now + POLL_NS;
@@ -148,10 +145,7 @@ pub fn run(args: &Args, node: Option<&'static Node>) -> bool {
     // already acted on (a peer another node declared dead) is reported
     // before this node leaves, not lost between two 100 ms polls.
     if let Some(node) = node {
-        let changed = node.poll();
-        if !changed.died.is_empty() {
-            crate::dsm::nodes_lost(node, changed.died);
-        }
+        poll_cluster(node);
     }
     // Copies being restored (after a loss or a damaged disk) are finished
     // before this node leaves, within a bound: a node that leaves with a
@@ -189,3 +183,12 @@ crate::kernel_test!(
         assert!(find("no-such-app").is_none());
     }
 );
+
+/// Watches the cluster's liveness, and takes nodes declared dead out of
+/// the DSM.
+fn poll_cluster(node: &'static Node) {
+    let changed = node.poll();
+    if !changed.died.is_empty() {
+        crate::dsm::nodes_lost(node, changed.died);
+    }
+}
