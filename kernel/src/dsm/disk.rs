@@ -4,14 +4,41 @@
 //! the console, not trusted, and formatted afresh: the node still joins and
 //! serves what the other nodes' copies give it.
 
+use crate::drivers::virtio_blk::VirtioDisk;
 use alloc::boxed::Box;
-use shm_ext::dsm::Disk;
 use shm_ext::dsm::store::{PageStore, StoreRefused};
+use shm_ext::dsm::{BLOCK_BYTES, BlockDevice, Disk, DiskError};
+
+/// The virtio disk, beating the node's heart between block operations:
+/// the engine runs them with interrupts off (under the DSM lock), where
+/// the timer tick cannot beat it.
+pub struct BeatingDisk(VirtioDisk);
+
+impl BlockDevice for BeatingDisk {
+    fn blocks(&self) -> u64 {
+        self.0.blocks()
+    }
+
+    fn read_block(&mut self, n: u64, buf: &mut [u8; BLOCK_BYTES]) -> Result<(), DiskError> {
+        crate::cluster::beat_if_due();
+        self.0.read_block(n, buf)
+    }
+
+    fn write_block(&mut self, n: u64, buf: &[u8; BLOCK_BYTES]) -> Result<(), DiskError> {
+        crate::cluster::beat_if_due();
+        self.0.write_block(n, buf)
+    }
+
+    fn flush(&mut self) -> Result<(), DiskError> {
+        crate::cluster::beat_if_due();
+        self.0.flush()
+    }
+}
 
 /// The opened disk, and whether it holds every copy it should (false when
 /// it was just formatted over something that was not a valid store).
 pub fn open(node: u16, quiet: bool) -> Option<(Box<dyn Disk + Send>, bool)> {
-    let dev = crate::drivers::virtio_blk::take()?;
+    let dev = BeatingDisk(crate::drivers::virtio_blk::take()?);
     let (store, complete) = match PageStore::open(dev) {
         Ok((store, report)) if store.node() == node => {
             if report.bad_entries > 0 {

@@ -271,6 +271,9 @@ impl Dsm {
     /// Applies the engine's actions in order, then sends what they queued.
     pub fn apply(&mut self, actions: Vec<Action>) {
         for a in actions {
+            // A long batch runs with interrupts off, where the tick cannot
+            // beat the heart.
+            crate::cluster::beat_if_due();
             match a {
                 Action::Send { to, msg } => transport::queue(self, to, &msg),
                 Action::Map { page, rights } => self.map_page(page, rights),
