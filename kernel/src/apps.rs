@@ -191,4 +191,5 @@ fn poll_cluster(node: &'static Node) {
     if !changed.died.is_empty() {
         crate::dsm::nodes_lost(node, changed.died);
     }
+    crate::dsm::exchange_free_space();
 }

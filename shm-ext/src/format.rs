@@ -199,6 +199,22 @@ pub mod entry {
     /// Cluster barrier epoch this node arrived at, 0 = never (atomic u32);
     /// zeroed at join.
     pub const BARRIER: usize = 104;
+    /// DSM RAM pages this node has free (atomic u32), published for the
+    /// other nodes' policy controllers; zeroed at join.
+    pub const DSM_FREE_RAM: usize = 108;
+    /// DSM disk pages this node has free (atomic u32); zeroed at join.
+    pub const DSM_FREE_DISK: usize = 112;
+}
+
+/// What a node has free for the DSM, as it publishes it in its node-table
+/// entry: the policy controllers of the others place copies and migrate
+/// pages by it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FreeSpace {
+    /// Pages of its DSM RAM budget not in use.
+    pub ram_pages: u32,
+    /// Pages its disk can still store.
+    pub disk_pages: u32,
 }
 
 /// Doorbell peer value meaning "no doorbell".

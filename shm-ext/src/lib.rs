@@ -53,8 +53,8 @@ pub mod snapshot;
 pub use barrier::BarrierTicket;
 pub use error::ShmError;
 pub use format::{
-    FORMAT_VERSION, Generation, InitParams, Label, Layout, NodeFacts, NodeInfo, NodeState,
-    Superblock,
+    FORMAT_VERSION, FreeSpace, Generation, InitParams, Label, Layout, NodeFacts, NodeInfo,
+    NodeState, Superblock,
 };
 pub use liveness::{EventKind, LivenessEvent, LivenessEvents, LivenessMonitor};
 pub use lock::{Caller, IpcRecovery, LockIds, LockInfo, LockTable, LockWait, TryLock};

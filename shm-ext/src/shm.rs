@@ -7,9 +7,9 @@ use core::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
 
 use crate::error::ShmError;
 use crate::format::{
-    Area, Generation, HEADER_LEN, INIT_BLANK, INIT_BUSY, INIT_READY, InitParams, MAX_NODES,
-    NO_PEER, NODE_ENTRY_LEN, NodeFacts, NodeInfo, NodeState, SUPERBLOCK_LEN, Superblock, entry, sb,
-    split_status, status_word,
+    Area, FreeSpace, Generation, HEADER_LEN, INIT_BLANK, INIT_BUSY, INIT_READY, InitParams,
+    MAX_NODES, NO_PEER, NODE_ENTRY_LEN, NodeFacts, NodeInfo, NodeState, SUPERBLOCK_LEN, Superblock,
+    entry, sb, split_status, status_word,
 };
 use crate::platform::Doorbell;
 use crate::region::Region;
@@ -496,6 +496,38 @@ impl<'a> Shm<'a> {
         Ok(self
             .entry_u32(node, entry::PROGRESS)?
             .load(Ordering::Acquire))
+    }
+
+    /// Publishes what `node` has free for the DSM (refused once it is no
+    /// longer live as `generation`).
+    pub fn publish_free(
+        &self,
+        node: u16,
+        generation: Generation,
+        free: FreeSpace,
+    ) -> Result<(), ShmError> {
+        let word = self.status(node)?.load(Ordering::Acquire);
+        let (state, g) = split_status(word);
+        if g != generation || NodeState::from_raw(state) != Some(NodeState::Live) {
+            return Err(Self::refusal(word, generation));
+        }
+        self.entry_u32(node, entry::DSM_FREE_RAM)?
+            .store(free.ram_pages, Ordering::Relaxed);
+        self.entry_u32(node, entry::DSM_FREE_DISK)?
+            .store(free.disk_pages, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// What `node` last published free for the DSM (zeros before it did).
+    pub fn free_space(&self, node: u16) -> Result<FreeSpace, ShmError> {
+        Ok(FreeSpace {
+            ram_pages: self
+                .entry_u32(node, entry::DSM_FREE_RAM)?
+                .load(Ordering::Relaxed),
+            disk_pages: self
+                .entry_u32(node, entry::DSM_FREE_DISK)?
+                .load(Ordering::Relaxed),
+        })
     }
 
     fn entry_u32(&self, node: u16, field: usize) -> Result<&'a AtomicU32, ShmError> {

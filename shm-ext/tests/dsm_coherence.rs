@@ -117,7 +117,7 @@ fn a_page_migrates_while_its_directory_entry_stays_byte_identical() {
     assert_eq!(sim.engines[2].cache().rights(page), Rights::Read);
     // Ownership moved twice; the directory was never touched.
     assert_eq!(store.pages, before);
-    let (found, resp) = directory::resolve(&mut store, page).unwrap();
+    let (found, resp, _) = directory::resolve(&mut store, page).unwrap();
     assert_eq!((found, resp), (r, 0));
 }
 

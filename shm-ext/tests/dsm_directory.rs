@@ -6,6 +6,7 @@
 mod dsm_support;
 
 use dsm_support::{MemStore, Rng};
+use shm_ext::NodeSet;
 use shm_ext::dsm::directory::{self, DIRECTORY_ENTRIES, DirEntry, DirectoryPage};
 use shm_ext::dsm::{
     AddressGenerator, DATA_SPACE_START, DsmError, GlobalAddr, GlobalRange, PAGE_SIZE,
@@ -160,6 +161,25 @@ fn leaf_entry(first: u128, pages: u128) -> DirEntry {
         last: GlobalAddr(first + pages * PAGE_SIZE - 1),
         child: GlobalAddr(0),
         responsible: 1,
+        replicas: Default::default(),
+    }
+}
+
+/// The nodes a range's copies were placed on come back from the
+/// directory with it, across splits of the tree.
+#[test]
+fn placed_replicas_are_kept_in_the_directory() {
+    let mut store = MemStore::new(0);
+    directory::format_root(&mut store).unwrap();
+    let mut rng = Rng::new(21);
+    let all = ranges(3 * DIRECTORY_ENTRIES, &mut rng);
+    for (i, &r) in all.iter().enumerate() {
+        directory::insert_placed(&mut store, r, 1, NodeSet(i as u64 % 7)).unwrap();
+    }
+    assert!(directory::depth(&mut store).unwrap() > 0);
+    for (i, &r) in all.iter().enumerate() {
+        let found = directory::resolve(&mut store, r.last()).unwrap();
+        assert_eq!(found, (r, 1, NodeSet(i as u64 % 7)));
     }
 }
 
@@ -212,9 +232,14 @@ fn corrupt_directory_pages_are_refused() {
             last: GlobalAddr(u128::MAX),
             child: GlobalAddr(child),
             responsible: 0,
+            replicas: Default::default(),
         }],
         ..DirectoryPage::empty_root()
     };
+    let mut placed = whole(PAGE_SIZE);
+    placed.entries[0].replicas = NodeSet(0b100);
+    put(placed, &mut store);
+    assert_eq!(refused(&mut store), "replicas in an interior entry");
     for (child, what) in [
         (0, "child address out of range or looping"),
         (DATA_SPACE_START, "child address out of range or looping"),

@@ -6,7 +6,8 @@
 mod dsm_support;
 
 use dsm_support::{Op, Rng, Sim};
-use shm_ext::dsm::{AddressGenerator, GlobalRange, MemDisk, PAGE_SIZE, Policy, Space};
+use shm_ext::dsm::{AddressGenerator, Engine, GlobalRange, MemDisk, PAGE_SIZE, Policy, Space};
+use shm_ext::{FreeSpace, NodeSet};
 
 fn range(node: u16, pages: u128) -> GlobalRange {
     AddressGenerator::new(node, Space::Data)
@@ -168,6 +169,106 @@ fn a_reformatted_disk_is_refilled_from_the_replicas() {
     assert_eq!(d.pages().len(), 4, "node 2's disk holds its range again");
 }
 
+/// What node `n` publishes: `disk` free disk pages, `ram` free RAM pages.
+fn publish(e: &mut Engine, n: u16, disk: u32, ram: u32) {
+    e.set_published(
+        n,
+        FreeSpace {
+            ram_pages: ram,
+            disk_pages: disk,
+        },
+    );
+}
+
+fn set(nodes: &[u16]) -> NodeSet {
+    let mut s = NodeSet::default();
+    for &n in nodes {
+        s.insert(n);
+    }
+    s
+}
+
+/// The policy controller places a new range's copies from what the nodes
+/// publish: a node whose free disk cannot take the range is passed over,
+/// then the creator's group comes first, then the most free disk.
+#[test]
+fn the_policy_controller_places_copies_on_disks_with_room() {
+    let engine = |groups: Vec<u16>, copies: u16| {
+        let mut e = Engine::new(0, 4).unwrap();
+        e.set_policy(Policy {
+            copies,
+            groups,
+            ..Policy::default()
+        });
+        publish(&mut e, 1, 5, 100);
+        publish(&mut e, 2, 1000, 100);
+        publish(&mut e, 3, 4000, 100);
+        e
+    };
+    // Node 1 (next in ring order) has room for 5 pages only.
+    assert_eq!(engine(vec![], 2).choose_replicas(6), set(&[3]));
+    assert_eq!(engine(vec![], 3).choose_replicas(6), set(&[2, 3]));
+    assert_eq!(engine(vec![], 2).choose_replicas(4), set(&[3]));
+    // The creator's group first among the nodes with room...
+    assert_eq!(engine(vec![0, 1, 0, 1], 2).choose_replicas(6), set(&[2]));
+    // ...but not a group member without room.
+    assert_eq!(engine(vec![0, 0, 1, 1], 2).choose_replicas(6), set(&[3]));
+    // A node that published nothing is the last resort.
+    let mut e = Engine::new(0, 3).unwrap();
+    publish(&mut e, 1, 50, 0);
+    assert_eq!(e.choose_replicas(8), set(&[1]));
+    assert_eq!(Engine::new(0, 3).unwrap().choose_replicas(8), set(&[1]));
+    // One copy: the responsible node's disk alone.
+    assert_eq!(engine(vec![], 1).choose_replicas(6), NodeSet::default());
+}
+
+/// A range placed on node 2's disk (not node 1's, next in ring order)
+/// has its write-backs there; when node 0 and its disk are lost, node 2's
+/// copies serve every page, and restoring copies fills a live disk.
+#[test]
+fn copies_go_to_the_placed_disk_and_survive_the_responsible_node() {
+    for seed in 0..20u64 {
+        let a = range(0, 5);
+        let mut sim = Sim::new(4, &[(a, 0)], &[]).with_disks(2, 64);
+        sim.place(a, set(&[2]));
+        let mut rng = Rng::new(13_000 + seed);
+        for (i, page) in sim.pages.clone().into_iter().enumerate() {
+            let op = Op {
+                page,
+                word: 2,
+                write: Some(500 + i as u64),
+            };
+            sim.start((i % 4) as u16, op);
+            sim.settle(&mut rng);
+        }
+        churn(&mut sim, &mut rng, 300, 80);
+        sync_all(&mut sim, &mut rng, (seed % 4) as u16);
+        for page in sim.pages.clone() {
+            let on = |n: usize| sim.engines[n].disk().unwrap().stamp(page).is_some();
+            assert!(on(0) && on(2), "seed {seed}: {page} not on disks 0 and 2");
+            assert!(!on(1) && !on(3), "seed {seed}: {page} on a disk not chosen");
+        }
+        sim.restart(&[0]);
+        read_everything(&mut sim, &mut rng);
+        sim.rereplicate();
+        sim.settle(&mut rng);
+        for page in sim.pages.clone() {
+            let copies = (1..4)
+                .filter(|&n| sim.engines[n].disk().unwrap().stamp(page).is_some())
+                .count();
+            assert!(copies >= 2, "seed {seed}: {page} on {copies} live disks");
+        }
+    }
+}
+
+/// The migration controller does not move a page to a node that
+/// published a full DSM RAM budget.
+#[test]
+fn a_page_does_not_migrate_to_a_node_without_free_ram() {
+    assert_eq!(owner_after_reads(vec![], &[1], 4, &[]), Some(1));
+    assert_eq!(owner_after_reads(vec![], &[1], 4, &[1]), Some(0));
+}
+
 /// Reads from one node that keep coming back (its copy evicted each
 /// time) move the page's ownership to it.
 #[test]
@@ -212,8 +313,14 @@ fn a_page_used_only_by_one_node_migrates_to_it() {
 }
 
 /// Runs `reads` rounds of reads by `readers` in turn (each evicting its
-/// copy afterwards) on a page node 0 wrote; returns the final owner.
-fn owner_after_reads(groups: Vec<u16>, readers: &[u16], rounds: usize) -> Option<u16> {
+/// copy afterwards) on a page node 0 wrote, with nodes `full` publishing
+/// no free DSM RAM; returns the final owner.
+fn owner_after_reads(
+    groups: Vec<u16>,
+    readers: &[u16],
+    rounds: usize,
+    full: &[u16],
+) -> Option<u16> {
     let a = range(3, 1);
     let page = a.start();
     let mut sim = Sim::new(4, &[(a, 3)], &[]);
@@ -222,6 +329,10 @@ fn owner_after_reads(groups: Vec<u16>, readers: &[u16], rounds: usize) -> Option
             groups: groups.clone(),
             ..Policy::default()
         });
+        for n in 0..4 {
+            let ram = if full.contains(&n) { 0 } else { 64 };
+            publish(e, n, 1000, ram);
+        }
     }
     let mut rng = Rng::new(3);
     sim.start(
@@ -255,15 +366,15 @@ fn owner_after_reads(groups: Vec<u16>, readers: &[u16], rounds: usize) -> Option
 /// node alone asks often enough in a row, and the page stays put.
 #[test]
 fn with_groups_pages_migrate_toward_the_group_that_uses_them() {
-    let grouped = owner_after_reads(vec![0, 1, 1, 1], &[1, 2], 3);
+    let grouped = owner_after_reads(vec![0, 1, 1, 1], &[1, 2], 3, &[]);
     assert!(
         matches!(grouped, Some(1) | Some(2)),
         "owner {grouped:?}, not in group {{1, 2, 3}}"
     );
-    let ungrouped = owner_after_reads(Vec::new(), &[1, 2], 3);
+    let ungrouped = owner_after_reads(Vec::new(), &[1, 2], 3, &[]);
     assert_eq!(ungrouped, Some(0));
     // Once in the group, turns within the group do not move it out again.
-    let stays = owner_after_reads(vec![0, 1, 1, 1], &[1, 2, 3], 4);
+    let stays = owner_after_reads(vec![0, 1, 1, 1], &[1, 2, 3], 4, &[]);
     assert!(matches!(stays, Some(1..=3)));
 }
 

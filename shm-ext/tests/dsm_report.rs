@@ -49,6 +49,7 @@ fn engine_with_directory() -> (Engine, GlobalRange) {
         last: r.last(),
         child: GlobalAddr(0),
         responsible: 0,
+        replicas: Default::default(),
     });
     e.page_mut(ROOT_DIRECTORY)
         .unwrap()
@@ -539,6 +540,7 @@ proptest! {
                     last: GlobalAddr(first + i * 4 * PAGE_SIZE + 2 * PAGE_SIZE - 1),
                     child: GlobalAddr(0),
                     responsible: rng.below(64) as u16,
+                    replicas: NodeSet(rng.next()),
                 });
             }
             r.directory.push(DirectoryCopy {

@@ -25,10 +25,11 @@ use shm_ext::{
 /// (`cluster.wait_live`); app barriers count from above it.
 pub const READY_PROGRESS: u32 = 1;
 
-/// Heartbeat period, in timer ticks (100 ms at 100 Hz).
-const HEARTBEAT_TICKS: u64 = 10;
-/// The heartbeat period in nanoseconds, for beats outside the tick.
-const HEARTBEAT_NS: u64 = HEARTBEAT_TICKS * 1_000_000_000 / time::TICK_HZ;
+/// Heartbeat period (ten ticks at 100 Hz).
+const HEARTBEAT_NS: u64 = 100_000_000;
+/// A beat this long after the last one is reported (the others declare a
+/// node dead after the superblock's timeout, 1 s by default).
+const LATE_BEAT_NS: u64 = 400_000_000;
 /// When the heart last beat (`time::now_ns`).
 static LAST_BEAT_NS: AtomicU64 = AtomicU64::new(0);
 /// How long a node waits for another to finish initialising the superblock.
@@ -154,30 +155,36 @@ fn attach_pools(shm: &Shm<'static>, id: u16, generation: Generation) -> Option<P
         .ok()
 }
 
-/// Called from the timer interrupt: beats the heart every [`HEARTBEAT_TICKS`].
-pub fn on_tick(ticks: u64) {
-    if ticks.is_multiple_of(HEARTBEAT_TICKS) {
-        beat();
-    }
+/// Called from the timer interrupt: beats the heart once a period has
+/// passed (by the clock, not by counting ticks: ticks held off while
+/// interrupts are off are not all delivered afterwards).
+pub fn on_tick(_ticks: u64) {
+    beat_if_due("tick");
 }
 
-/// Beats the heart if a beat is overdue. For long stretches with interrupts
-/// off, when the tick cannot: the DSM engine does its polled disk I/O under
-/// its lock, and under this host's KVM (ring 0 emulated) a page-out burst or
-/// a sync held interrupts off past the heartbeat timeout, so the others
-/// declared a busy node dead.
-pub fn beat_if_due() {
+/// Beats the heart if a beat is overdue. Also for long stretches with
+/// interrupts off, when the tick cannot: the DSM engine does its polled
+/// disk I/O under its lock, and under this host's KVM (ring 0 emulated) a
+/// page-out burst or a sync held interrupts off past the heartbeat
+/// timeout, so the others declared a busy node dead. `from` names the
+/// caller in the warning about a late beat.
+pub fn beat_if_due(from: &str) {
+    let now = time::now_ns();
     let last = LAST_BEAT_NS.load(Ordering::Relaxed);
-    if time::now_ns().saturating_sub(last) >= HEARTBEAT_NS {
-        beat();
+    let since = now.saturating_sub(last);
+    if since < HEARTBEAT_NS {
+        return;
     }
-}
-
-fn beat() {
-    LAST_BEAT_NS.store(time::now_ns(), Ordering::Relaxed);
-    if let Some(node) = NODE.get()
-        && node.shm.heartbeat(node.id, node.generation()).is_err()
-    {
+    LAST_BEAT_NS.store(now, Ordering::Relaxed);
+    let Some(node) = NODE.get() else { return };
+    if last != 0 && since > LATE_BEAT_NS {
+        log::warn!(
+            "node {}: heartbeat {} ms late (beaten from the {from})",
+            node.id,
+            (since - HEARTBEAT_NS) / 1_000_000
+        );
+    }
+    if node.shm.heartbeat(node.id, node.generation()).is_err() {
         node.lost.store(true, Ordering::Relaxed);
     }
 }

@@ -20,17 +20,17 @@ impl BlockDevice for BeatingDisk {
     }
 
     fn read_block(&mut self, n: u64, buf: &mut [u8; BLOCK_BYTES]) -> Result<(), DiskError> {
-        crate::cluster::beat_if_due();
+        crate::cluster::beat_if_due("disk");
         self.0.read_block(n, buf)
     }
 
     fn write_block(&mut self, n: u64, buf: &[u8; BLOCK_BYTES]) -> Result<(), DiskError> {
-        crate::cluster::beat_if_due();
+        crate::cluster::beat_if_due("disk");
         self.0.write_block(n, buf)
     }
 
     fn flush(&mut self) -> Result<(), DiskError> {
-        crate::cluster::beat_if_due();
+        crate::cluster::beat_if_due("disk");
         self.0.flush()
     }
 }

@@ -273,7 +273,7 @@ impl Dsm {
         for a in actions {
             // A long batch runs with interrupts off, where the tick cannot
             // beat the heart.
-            crate::cluster::beat_if_due();
+            crate::cluster::beat_if_due("DSM engine");
             match a {
                 Action::Send { to, msg } => transport::queue(self, to, &msg),
                 Action::Map { page, rights } => self.map_page(page, rights),
@@ -401,23 +401,47 @@ pub fn recover(node: &'static Node) {
 /// cleanly are not taken out here: their owned pages would silently read
 /// as their last synced state.
 pub fn nodes_lost(node: &'static Node, died: NodeSet) {
-    with(|d| {
+    let Some(Some(disk)) = with(|d| {
         let live = NodeSet(d.engine.live().0 & !died.0);
         if live == d.engine.live() {
-            return;
+            return None;
         }
         let mut out = Vec::new();
         let _ = d.engine.set_live(live, &mut out);
         d.apply(out);
-        let disk = d.engine.disk().is_some();
-        if disk {
-            d.rereplicating = Some(None);
+        Some(d.engine.disk().is_some())
+    }) else {
+        return;
+    };
+    // Restoring copies forgets stored pages of ranges this node does not
+    // know: learn them all first (this node may never have mapped some).
+    let restoring = disk
+        && match learn_ranges(node) {
+            Ok(_) => with(|d| d.rereplicating = Some(None)).is_some(),
+            Err(e) => {
+                crate::kprintln!("node {}: DSM: cannot read the directory: {e}", node.id);
+                false
+            }
+        };
+    crate::kprintln!(
+        "node {}: DSM: node(s) {died} lost; their pages come from the disks{}",
+        node.id,
+        if restoring { ", restoring copies" } else { "" }
+    );
+}
+
+/// Publishes what this node has free for the DSM in its node-table entry
+/// and reads what the other live nodes published, for the policy
+/// controller.
+pub fn exchange_free_space() {
+    with(|d| {
+        let shm = d.node.shm();
+        let _ = shm.publish_free(d.node.id, d.node.generation(), d.engine.free_space());
+        for n in d.engine.live().iter().filter(|&n| n != d.node.id) {
+            if let Ok(free) = shm.free_space(n) {
+                d.engine.set_published(n, free);
+            }
         }
-        crate::kprintln!(
-            "node {}: DSM: node(s) {died} lost; their pages come from the disks{}",
-            node.id,
-            if disk { ", restoring copies" } else { "" }
-        );
     });
 }
 
@@ -439,7 +463,9 @@ fn learn_ranges(node: &'static Node) -> Result<usize, DsmError> {
         let mut data_end = None;
         for e in &entries {
             let Ok(r) = e.range() else { continue };
-            let _ = d.engine.map_range(r, e.responsible);
+            if d.engine.map_range(r, e.responsible).is_ok() {
+                let _ = d.engine.place_range(r, e.replicas);
+            }
             if r.start().data_slice_node() == Some(me) {
                 data_end = data_end.max(Some(r.last()));
             }

@@ -61,13 +61,20 @@ pub fn dsm_alloc(a: &Args) -> SysResult {
         return Err(Error::InvalidArgument);
     }
     let _guard = kdir::lock().map_err(dsm_error)?;
-    let (range, me) = dsm::with(|d| Ok((d.data.allocate(u128::from(len))?, d.node.id)))
-        .ok_or(Error::NoDevice)?
-        .map_err(dsm_error)?;
-    directory::insert(&mut KernelDirectory, range, me).map_err(dsm_error)?;
-    dsm::with(|d| d.engine.create_range(range))
-        .ok_or(Error::NoDevice)?
-        .map_err(dsm_error)?;
+    dsm::exchange_free_space();
+    let (range, me, replicas) = dsm::with(|d| {
+        let range = d.data.allocate(u128::from(len))?;
+        Ok((range, d.node.id, d.engine.choose_replicas(len / dsm::PAGE)))
+    })
+    .ok_or(Error::NoDevice)?
+    .map_err(dsm_error)?;
+    directory::insert_placed(&mut KernelDirectory, range, me, replicas).map_err(dsm_error)?;
+    dsm::with(|d| {
+        d.engine.create_range(range)?;
+        d.engine.place_range(range, replicas)
+    })
+    .ok_or(Error::NoDevice)?
+    .map_err(dsm_error)?;
     drop(_guard);
     user::write_bytes(a.get(1), &range.start().0.to_le_bytes())?;
     Ok(0)
@@ -86,14 +93,17 @@ pub fn dsm_map(a: &Args) -> SysResult {
         // Directory pages are the kernel's: nobody maps them.
         return Err(Error::NotFound);
     }
-    let (range, responsible) = {
+    let (range, responsible, replicas) = {
         let _guard = kdir::lock().map_err(dsm_error)?;
         directory::resolve(&mut KernelDirectory, start).map_err(dsm_error)?
     };
     if want.last() > range.last() {
         return Err(Error::NotFound);
     }
-    dsm::with(|d| d.engine.map_range(range, responsible))
+    dsm::with(|d| {
+        d.engine.map_range(range, responsible)?;
+        d.engine.place_range(range, replicas)
+    })
         .ok_or(Error::NoDevice)?
         .map_err(dsm_error)?;
     let me = task::current();
@@ -190,7 +200,7 @@ pub fn dsm_sync(a: &Args) -> SysResult {
     if start.in_directory_space() {
         return Err(Error::NotFound);
     }
-    let (range, _) = {
+    let (range, ..) = {
         let _guard = kdir::lock().map_err(dsm_error)?;
         directory::resolve(&mut KernelDirectory, start).map_err(dsm_error)?
     };

@@ -737,6 +737,7 @@ mod tests {
                 last: r.last(),
                 child: GlobalAddr(0),
                 responsible: *n,
+                replicas: Default::default(),
             });
         }
         root
@@ -852,6 +853,7 @@ mod tests {
             last: root.last,
             child,
             responsible: 1,
+            replicas: Default::default(),
         });
         report.directory.push(DirectoryCopy {
             version: 1,

@@ -19,6 +19,8 @@
 
 use alloc::vec::Vec;
 
+use crate::NodeSet;
+
 use super::addr::{
     DATA_SPACE_START, GlobalAddr, GlobalRange, MAX_NODES, NO_NODE, PAGE_BYTES, PAGE_SIZE,
     ROOT_DIRECTORY,
@@ -73,6 +75,12 @@ pub mod entry {
     pub const RESPONSIBLE: usize = 48;
     /// Start of the reserved bytes (zero).
     pub const RESERVED: usize = 50;
+    /// End of the reserved bytes.
+    pub const RESERVED_END: usize = 56;
+    /// The nodes the policy controller chose to hold the range's copies
+    /// besides its responsible node (leaf; 0 in interior entries and for
+    /// ranges placed by ring order), a node bit set, u64.
+    pub const REPLICAS: usize = 56;
 }
 
 /// One directory entry as decoded.
@@ -88,6 +96,9 @@ pub struct DirEntry {
     /// The responsible node of the range (leaf) or of the child page
     /// (interior); [`NO_NODE`] for a range nobody is responsible for.
     pub responsible: u16,
+    /// The disks chosen for the range's copies besides the responsible
+    /// node's (leaf); empty: ring order.
+    pub replicas: NodeSet,
 }
 
 impl DirEntry {
@@ -136,6 +147,12 @@ fn u128_at(b: &[u8], o: usize) -> u128 {
     u128::from_le_bytes(a)
 }
 
+fn u64_at(b: &[u8], o: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[o..o + 8]);
+    u64::from_le_bytes(a)
+}
+
 fn u16_at(b: &[u8], o: usize) -> u16 {
     u16::from_le_bytes([b[o], b[o + 1]])
 }
@@ -181,6 +198,8 @@ impl DirectoryPage {
             b[o + entry::CHILD..o + entry::CHILD + 16].copy_from_slice(&e.child.0.to_le_bytes());
             b[o + entry::RESPONSIBLE..o + entry::RESPONSIBLE + 2]
                 .copy_from_slice(&e.responsible.to_le_bytes());
+            b[o + entry::REPLICAS..o + entry::REPLICAS + 8]
+                .copy_from_slice(&e.replicas.0.to_le_bytes());
         }
         let sum = directory_checksum(b);
         b[header::CHECKSUM..header::CHECKSUM + 8].copy_from_slice(&sum.to_le_bytes());
@@ -251,8 +270,12 @@ impl DirectoryPage {
                 last: GlobalAddr(u128_at(b, entry::LAST)),
                 child: GlobalAddr(u128_at(b, entry::CHILD)),
                 responsible: u16_at(b, entry::RESPONSIBLE),
+                replicas: NodeSet(u64_at(b, entry::REPLICAS)),
             };
-            if b[entry::RESERVED..].iter().any(|&x| x != 0) {
+            if b[entry::RESERVED..entry::RESERVED_END]
+                .iter()
+                .any(|&x| x != 0)
+            {
                 return Err(corrupt("reserved entry bytes"));
             }
             if !e.first.is_page_aligned() || !is_page_last(e.last) || e.last < e.first {
@@ -287,6 +310,9 @@ impl DirectoryPage {
                 }
                 if e.responsible >= MAX_NODES {
                     return Err(corrupt("responsible node of a child page"));
+                }
+                if !e.replicas.is_empty() {
+                    return Err(corrupt("replicas in an interior entry"));
                 }
                 if e.last > last {
                     return Err(corrupt("child span past the page's span"));
@@ -420,25 +446,38 @@ pub fn lookup<S: DirectoryPages>(s: &mut S, addr: GlobalAddr) -> Result<DirEntry
     }
 }
 
-/// The range holding `addr` and its responsible node, as `dsm_map` needs:
-/// `NotAllocated` if none, `Unowned` if its entry names no node.
+/// The range holding `addr`, its responsible node and the nodes chosen
+/// for its copies, as `dsm_map` needs: `NotAllocated` if none, `Unowned`
+/// if its entry names no node.
 pub fn resolve<S: DirectoryPages>(
     s: &mut S,
     addr: GlobalAddr,
-) -> Result<(GlobalRange, u16), DsmError> {
+) -> Result<(GlobalRange, u16, NodeSet), DsmError> {
     let e = lookup(s, addr)?;
     if e.responsible == NO_NODE {
         return Err(DsmError::Unowned);
     }
-    Ok((e.range()?, e.responsible))
+    Ok((e.range()?, e.responsible, e.replicas))
 }
 
 /// Links `range` into the directory with its responsible node (or
-/// [`NO_NODE`]); `Overlap` if it overlaps an allocated range.
+/// [`NO_NODE`]), its copies placed by ring order; `Overlap` if it overlaps
+/// an allocated range.
 pub fn insert<S: DirectoryPages>(
     s: &mut S,
     range: GlobalRange,
     responsible: u16,
+) -> Result<(), DsmError> {
+    insert_placed(s, range, responsible, NodeSet::default())
+}
+
+/// [`insert`], recording the nodes chosen to hold the range's copies
+/// besides `responsible` (see `Engine::choose_replicas`).
+pub fn insert_placed<S: DirectoryPages>(
+    s: &mut S,
+    range: GlobalRange,
+    responsible: u16,
+    replicas: NodeSet,
 ) -> Result<(), DsmError> {
     check_data_addr(range.start())?;
     if responsible >= MAX_NODES && responsible != NO_NODE {
@@ -459,6 +498,7 @@ pub fn insert<S: DirectoryPages>(
             last: range.last(),
             child: GlobalAddr(0),
             responsible,
+            replicas,
         },
     );
     loop {
@@ -493,6 +533,7 @@ pub fn insert<S: DirectoryPages>(
                 last: right.last,
                 child: addr,
                 responsible: resp,
+                replicas: NodeSet::default(),
             },
         );
         page = parent;
@@ -532,12 +573,14 @@ fn split_root<S: DirectoryPages>(s: &mut S, mut root: DirectoryPage) -> Result<(
             last: left.last,
             child: la,
             responsible: lr,
+            replicas: NodeSet::default(),
         },
         DirEntry {
             first: right.first,
             last: right.last,
             child: ra,
             responsible: rr,
+            replicas: NodeSet::default(),
         },
     ];
     write_page(s, &root)

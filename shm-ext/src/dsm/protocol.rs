@@ -17,6 +17,7 @@ use super::cache::{CacheEntry, PageBuf, PageCache, Rights};
 use super::durable::{Disk, Stamp};
 use super::error::DsmError;
 use super::wire::{Kind, Message};
+use crate::format::FreeSpace;
 use crate::shm::NodeSet;
 
 /// The access a fault needs.
@@ -271,6 +272,11 @@ pub struct Engine {
     /// Ranges this node knows (from directory lookups) and their
     /// responsible nodes, by start.
     ranges: BTreeMap<GlobalAddr, (GlobalRange, u16)>,
+    /// The nodes the policy controller chose for a known range's copies
+    /// besides its responsible node, by range start (none: ring order).
+    replicas: BTreeMap<GlobalAddr, NodeSet>,
+    /// What each node last published free (index: node id).
+    published: Vec<Option<FreeSpace>>,
     /// Ranges this node is responsible for, by start.
     managed: BTreeMap<GlobalAddr, GlobalRange>,
     /// Owner and copyset of every touched page of the managed ranges.
@@ -329,6 +335,8 @@ impl Engine {
             nodes,
             cache: PageCache::default(),
             ranges: BTreeMap::new(),
+            replicas: BTreeMap::new(),
+            published: alloc::vec![None; usize::from(nodes)],
             managed: BTreeMap::new(),
             records: BTreeMap::new(),
             pending: BTreeMap::new(),
@@ -528,6 +536,76 @@ impl Engine {
         Ok(())
     }
 
+    /// Records where the policy controller placed known range `range`'s
+    /// copies besides its responsible node (its directory entry's
+    /// replicas); `NotAllocated` if the range is not known.
+    pub fn place_range(&mut self, range: GlobalRange, replicas: NodeSet) -> Result<(), DsmError> {
+        match self.known_range(range.start()) {
+            Some((r, _)) if r == range => {
+                let chosen = NodeSet(replicas.0 & (u64::MAX >> (64 - u32::from(self.nodes))));
+                if chosen.is_empty() {
+                    self.replicas.remove(&range.start());
+                } else {
+                    self.replicas.insert(range.start(), chosen);
+                }
+                Ok(())
+            }
+            _ => Err(DsmError::NotAllocated),
+        }
+    }
+
+    /// Tells the engine what `node` published free (its node-table entry):
+    /// the policy controller places copies and migrates pages by it.
+    pub fn set_published(&mut self, node: u16, free: FreeSpace) {
+        if let Some(p) = self.published.get_mut(usize::from(node)) {
+            *p = Some(free);
+        }
+    }
+
+    /// What this node has free for the DSM, to publish: RAM budget left
+    /// and disk pages left (0 without a disk).
+    pub fn free_space(&self) -> FreeSpace {
+        let clamp = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
+        let budget = self.policy.ram_pages as u64;
+        FreeSpace {
+            ram_pages: clamp(budget.saturating_sub(self.cache.len() as u64)),
+            disk_pages: clamp(self.disk.as_ref().map_or(0, |d| d.free_pages())),
+        }
+    }
+
+    /// The policy controller's placement of a new range of `pages` pages
+    /// created here: the `copies - 1` live nodes besides this one whose
+    /// disks will hold its copies, chosen from what the nodes published.
+    /// Nodes whose free disk takes the whole range come first, then this
+    /// node's group (migration prefers it too), then the most free disk,
+    /// then ring order; a node that published nothing counts as having
+    /// no room. Empty when one copy is kept.
+    pub fn choose_replicas(&self, pages: u64) -> NodeSet {
+        let group = self.policy.group(self.me);
+        let mut candidates: Vec<(bool, bool, core::cmp::Reverse<u32>, u16, u16)> = (1..self.nodes)
+            .map(|i| (self.me + i) % self.nodes)
+            .filter(|&n| self.is_live(n))
+            .map(|n| {
+                let disk = self.published[usize::from(n)].map_or(0, |f| f.disk_pages);
+                let ring = (n + self.nodes - self.me) % self.nodes;
+                (
+                    u64::from(disk) < pages,
+                    self.policy.group(n) != group,
+                    core::cmp::Reverse(disk),
+                    ring,
+                    n,
+                )
+            })
+            .collect();
+        candidates.sort_unstable();
+        let mut chosen = NodeSet::default();
+        let want = usize::from(self.policy.copies.max(1)) - 1;
+        for c in candidates.into_iter().take(want) {
+            chosen.insert(c.4);
+        }
+        chosen
+    }
+
     /// Frees `range` at its responsible node (after the directory entry
     /// was removed): every copy is told to drop the page, and later
     /// requests are refused with `NotAllocated`. `Busy` if a transaction
@@ -553,7 +631,7 @@ impl Engine {
             .range(range.start()..=range.last())
             .map(|(&p, _)| p)
             .collect();
-        let disk_holders = self.holders(self.nominal(range));
+        let disk_holders = self.holders(range.start());
         for p in pages {
             if let Some(r) = self.records.remove(&p) {
                 let mut holders = r.copyset;
@@ -585,6 +663,7 @@ impl Engine {
         }
         self.managed.remove(&range.start());
         self.ranges.remove(&range.start());
+        self.replicas.remove(&range.start());
         self.drain(out)
     }
 
@@ -673,11 +752,20 @@ impl Engine {
             .unwrap_or(self.me)
     }
 
-    /// The nodes whose disks hold the pages of ranges whose nominal
-    /// responsible node is `nominal`: the acting responsible node, then
-    /// live nodes of its group in id order, then the others; `copies` of
-    /// them (fewer if fewer nodes live).
-    pub fn holders(&self, nominal: u16) -> Vec<u16> {
+    /// The nodes whose disks hold `page`: the acting responsible node,
+    /// then the live nodes the policy controller chose for its range (see
+    /// [`choose_replicas`](Self::choose_replicas)), then live nodes of the
+    /// responsible node's group in ring order, then the others; `copies`
+    /// of them (fewer if fewer nodes live). Directory pages and ranges
+    /// placed before the controller follow ring order alone.
+    pub fn holders(&self, page: GlobalAddr) -> Vec<u16> {
+        let Ok(nominal) = self.nominal_of(page) else {
+            return Vec::new();
+        };
+        let chosen = self
+            .known_range(page)
+            .and_then(|(r, _)| self.replicas.get(&r.start()).copied())
+            .unwrap_or_default();
         let first = self.effective(nominal);
         let group = self.policy.group(first);
         let ring = || {
@@ -685,8 +773,16 @@ impl Engine {
                 .map(move |i| (first + i) % MAX_NODES)
                 .filter(|&n| self.is_live(n))
         };
-        let mut v: Vec<u16> = ring().filter(|&n| self.policy.group(n) == group).collect();
-        v.extend(ring().filter(|&n| self.policy.group(n) != group));
+        let mut v: Vec<u16> = alloc::vec![first];
+        for n in ring()
+            .filter(|&n| chosen.contains(n))
+            .chain(ring().filter(|&n| self.policy.group(n) == group))
+            .chain(ring().filter(|&n| self.policy.group(n) != group))
+        {
+            if !v.contains(&n) {
+                v.push(n);
+            }
+        }
         v.truncate(usize::from(self.policy.copies.max(1)));
         v
     }
@@ -894,13 +990,22 @@ impl Engine {
             return;
         };
         // The migration controller: a page that one group (not the
-        // owner's) keeps asking for moves to it.
+        // owner's) keeps asking for moves to it, unless the requester
+        // published that its DSM RAM is full (the page would only be
+        // paged out there).
+        let room = self
+            .published
+            .get(usize::from(req.requester))
+            .copied()
+            .flatten()
+            .is_none_or(|f| f.ram_pages > 0);
         let migrate = |owner: u16| {
             let (group, run) = rec.streak;
             self.policy.migrate_after > 0
                 && run >= self.policy.migrate_after
                 && group == self.policy.group(req.requester)
                 && self.policy.group(owner) != group
+                && room
         };
         let migrating = matches!((req.access, rec.owner), (Access::Read, Some(o)) if migrate(o));
         if migrating {
@@ -976,7 +1081,7 @@ impl Engine {
                     let nominal = self.nominal_of(page).unwrap_or(self.me);
                     if !self.disk_complete || nominal != self.me {
                         let mut ask = NodeSet::default();
-                        for n in self.holders(nominal) {
+                        for n in self.holders(page) {
                             if n != self.me {
                                 ask.insert(n);
                             }
@@ -1335,9 +1440,8 @@ impl Engine {
             self.send(from, ack, out);
             return Ok(());
         }
-        let nominal = self.nominal_of(page)?;
         let mut waiting = NodeSet::default();
-        for n in self.holders(nominal) {
+        for n in self.holders(page) {
             if n != self.me {
                 waiting.insert(n);
             }
@@ -1991,14 +2095,14 @@ impl Engine {
         let batch = self.disk.as_ref()?.pages_after(after, max);
         let last = batch.last().copied();
         for page in batch {
-            let Ok(nominal) = self.nominal_of(page) else {
+            if self.nominal_of(page).is_err() {
                 if let Some(d) = self.disk.as_mut() {
                     let _ = d.remove(page);
                 }
                 continue;
-            };
+            }
             let others: Vec<u16> = self
-                .holders(nominal)
+                .holders(page)
                 .into_iter()
                 .filter(|&n| n != self.me)
                 .collect();

@@ -45,7 +45,7 @@
 //! |     76 |   44 | reserved           | 0                                                      |
 //! |    120 |    8 | checksum           | FNV-1a 64 of the `length` bytes, this field read as 0  |
 //! |    128 |      | ranges             | 32 bytes each: first, last (u128 each, inclusive); data space, whole pages, sorted, disjoint |
-//! |        |      | directory copies   | 64-byte header and 56 bytes per entry, as below; sorted by address |
+//! |        |      | directory copies   | 64-byte header and 64 bytes per entry, as below; sorted by address |
 //! |        |      | page records       | 40 bytes each, as below; sorted by address             |
 //!
 //! The sections follow each other without gaps and end exactly at
@@ -69,10 +69,11 @@
 //! |     61 |    1 | flags       | bit 0: the node owns the page; bit 1: dirty               |
 //! |     62 |    2 | reserved    | 0                                                         |
 //!
-//! Directory entry (56 bytes): range first (16), range last (16), child
-//! page (16), responsible node (2), reserved (6, 0), with the meaning and
-//! the checks of a directory page's entries: a copy is rebuilt into a
-//! directory page and validated by [`DirectoryPage::decode`].
+//! Directory entry (64 bytes): range first (16), range last (16), child
+//! page (16), responsible node (2), reserved (6, 0), replicas (8, a node
+//! bit set), with the meaning and the checks of a directory page's
+//! entries: a copy is rebuilt into a directory page and validated by
+//! [`DirectoryPage::decode`].
 //!
 //! Page record (40 bytes):
 //!
@@ -130,7 +131,7 @@ pub const RANGE_LEN: usize = 32;
 /// Bytes of a directory copy's header.
 pub const DIRECTORY_HEADER_LEN: usize = 64;
 /// Bytes of one directory entry in a report.
-pub const DIRECTORY_ENTRY_LEN: usize = 56;
+pub const DIRECTORY_ENTRY_LEN: usize = 64;
 /// Bytes of one page record.
 pub const PAGE_RECORD_LEN: usize = 40;
 
@@ -449,6 +450,7 @@ impl NodeReport {
                 b.extend_from_slice(&e.child.0.to_le_bytes());
                 b.extend_from_slice(&e.responsible.to_le_bytes());
                 b.extend_from_slice(&[0; 6]);
+                b.extend_from_slice(&e.replicas.0.to_le_bytes());
             }
         }
         for p in &self.pages {
@@ -633,15 +635,18 @@ fn decode_directory_copy(c: &mut Cursor<'_>) -> Result<DirectoryCopy, ShmError> 
         entries: Vec::with_capacity(entries),
     };
     for _ in 0..entries {
-        let e = DirEntry {
-            first: GlobalAddr(c.u128()?),
-            last: GlobalAddr(c.u128()?),
-            child: GlobalAddr(c.u128()?),
-            responsible: c.u16()?,
-        };
+        let (first, last, child) = (c.u128()?, c.u128()?, c.u128()?);
+        let responsible = c.u16()?;
         if c.take(6)?.iter().any(|&b| b != 0) {
             return Err(corrupt("reserved report directory entry bytes"));
         }
+        let e = DirEntry {
+            first: GlobalAddr(first),
+            last: GlobalAddr(last),
+            child: GlobalAddr(child),
+            responsible,
+            replicas: NodeSet(c.u64()?),
+        };
         page.entries.push(e);
     }
     // The page format's own checks, on the page this copy describes.

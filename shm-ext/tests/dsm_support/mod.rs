@@ -106,6 +106,9 @@ pub struct Sim {
     pub lost: Vec<bool>,
     /// The ranges and their responsible nodes, as the directory has them.
     pub ranges: Vec<(GlobalRange, u16)>,
+    /// The nodes chosen for a range's copies, as its directory entry has
+    /// them (ranges not listed: ring order).
+    pub placed: Vec<(GlobalRange, NodeSet)>,
 }
 
 fn word(bytes: &[u8], w: usize) -> u64 {
@@ -147,7 +150,17 @@ impl Sim {
             synced: Vec::new(),
             lost: vec![false; usize::from(nodes)],
             ranges: ranges.to_vec(),
+            placed: Vec::new(),
         }
+    }
+
+    /// Records on every node that `range`'s copies besides its responsible
+    /// node's go to `replicas` (as `dsm_alloc` writes the directory entry).
+    pub fn place(&mut self, range: GlobalRange, replicas: NodeSet) {
+        for e in &mut self.engines {
+            e.place_range(range, replicas).unwrap();
+        }
+        self.placed.push((range, replicas));
     }
 
     /// Gives every node a RAM disk and the policy: `copies` per page, at
@@ -199,6 +212,9 @@ impl Sim {
             }
             for &(r, resp) in &self.ranges {
                 e.map_range(r, resp).unwrap();
+            }
+            for &(r, replicas) in &self.placed {
+                e.place_range(r, replicas).unwrap();
             }
             let mut out = Vec::new();
             e.set_live(live, &mut out).unwrap();
