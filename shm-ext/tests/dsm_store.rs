@@ -210,6 +210,10 @@ fn format_and_open_round_trip_pages_and_meta() {
     assert_eq!(s.free_pages(), s.capacity() - 20);
     let expect: Vec<_> = (0..20).map(|i| (page(i), stamp(i, 1))).collect();
     assert_eq!(s.pages(), expect);
+    let firsts: Vec<_> = expect.iter().map(|&(a, _)| a).collect();
+    assert_eq!(s.pages_after(None, 5), firsts[..5]);
+    assert_eq!(s.pages_after(Some(page(4)), 100), firsts[5..]);
+    assert_eq!(s.pages_after(Some(page(19)), 100), []);
     for i in 0..20 {
         assert_eq!(s.stamp(page(i)), Some(stamp(i, 1)));
         assert_eq!(loaded(&mut s, page(i)), Some((stamp(i, 1), i as u8)));
