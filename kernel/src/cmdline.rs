@@ -59,6 +59,9 @@ pub struct Args {
     pub test_demo_failures: bool,
     /// Wait until this many nodes are live.
     pub cluster_wait_live: Option<u16>,
+    /// `cluster.heartbeat_ms=N`: the heartbeat timeout this node writes if
+    /// it initialises the shared memory.
+    pub cluster_heartbeat_ms: Option<u64>,
     /// Fail unless they are live this many ms after boot.
     pub cluster_live_within_ms: Option<u64>,
     /// Ring (node, vector) once all are live.
@@ -115,6 +118,7 @@ impl Args {
                 "test.skip" => args.test_skip = number(key, value).unwrap_or(0),
                 "test.demo_failures" => args.test_demo_failures = true,
                 "cluster.wait_live" => args.cluster_wait_live = number(key, value),
+                "cluster.heartbeat_ms" => args.cluster_heartbeat_ms = number(key, value),
                 "cluster.live_within_ms" => args.cluster_live_within_ms = number(key, value),
                 "cluster.ring" => {
                     args.cluster_ring = value
@@ -213,6 +217,8 @@ crate::kernel_test!(
         assert_eq!(bad.node, 0);
         assert_eq!(Args::parse("bench.disk=64").bench_disk, Some(64));
         assert_eq!(Args::parse("bench.disk=lots").bench_disk, None);
+        let hb = Args::parse("cluster.heartbeat_ms=5000").cluster_heartbeat_ms;
+        assert_eq!(hb, Some(5000));
     }
 );
 

@@ -83,7 +83,7 @@ fn kernel_main(boot: &'static BootInfo) -> ! {
 fn run_node(args: &cmdline::Args) -> bool {
     let node = match drivers::ivshmem::device() {
         None => None,
-        Some(_) => match cluster::join(args.node as u16) {
+        Some(_) => match cluster::join(args.node as u16, args.cluster_heartbeat_ms) {
             Ok(node) => Some(node),
             Err(e) => {
                 kprintln!("node {}: FAILED: cannot join the cluster: {e}", args.node);

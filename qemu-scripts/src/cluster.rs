@@ -26,6 +26,10 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
 
+/// The heartbeat timeout (ms) of clusters under KVM with ring 0 emulated
+/// (`kvm_pvm`), instead of the kernel's default 1 s.
+pub const KVM_PVM_HEARTBEAT_MS: u64 = 5000;
+
 /// Most nodes a cluster may have (the node table has room for more; eight
 /// VMs already share two host cores).
 pub const MAX_NODES: u32 = 8;
@@ -256,6 +260,15 @@ impl Cluster {
             vm.gdb_port = port;
         }
         vm.cmdline = format!("{} {}", self.cfg.cmdline, extra).trim().to_string();
+        if self.cfg.accel == Accel::Kvm
+            && crate::host::kvm_emulates_kernel_mode()
+            && !vm.cmdline.contains("cluster.heartbeat_ms=")
+        {
+            // Ring 0 emulated: one DSM message with its disk writes costs
+            // ~150 ms there, and a node busy with many of them, interrupts
+            // off, missed the default 1 s heartbeat timeout.
+            vm.cmdline = format!("cluster.heartbeat_ms={KVM_PVM_HEARTBEAT_MS} {}", vm.cmdline);
+        }
         vm.workdir = Some(self.workdir.path().to_owned());
         vm.extra_args = self.device_args();
         vm.disk = match &opts.disk {

@@ -104,9 +104,13 @@ fn facts(dev: &ivshmem::Ivshmem) -> NodeFacts<'static> {
 /// queues (up to 16 MiB), so that every node's queue holds several
 /// `MAX_MESSAGE` (64 KiB) messages; smaller ones keep the default 256 KiB
 /// and their heap (a 16 MiB device with 2 MiB of queues left the fuzz
-/// test's pools without room).
-fn init_params(len: usize) -> InitParams {
-    let defaults = InitParams::default();
+/// test's pools without room). `heartbeat_ms` (`cluster.heartbeat_ms`)
+/// replaces the default heartbeat timeout.
+fn init_params(len: usize, heartbeat_ms: Option<u64>) -> InitParams {
+    let mut defaults = InitParams::default();
+    if let Some(ms) = heartbeat_ms.filter(|&ms| ms > 0) {
+        defaults.heartbeat_timeout_ns = ms.saturating_mul(1_000_000);
+    }
     if len < 64 << 20 {
         return defaults;
     }
@@ -118,15 +122,16 @@ fn init_params(len: usize) -> InitParams {
     }
 }
 
-/// Attaches the shared memory node and joins as `id`.
-pub fn join(id: u16) -> Result<&'static Node, JoinError> {
+/// Attaches the shared memory node and joins as `id` (proposing a
+/// heartbeat timeout of `heartbeat_ms` if it initialises it).
+pub fn join(id: u16, heartbeat_ms: Option<u64>) -> Result<&'static Node, JoinError> {
     let dev = ivshmem::device().ok_or(JoinError::NoDevice)?;
     // SAFETY: BAR2 is mapped for the kernel's whole life at `shared` with
     // `shared_len` bytes; other nodes write it concurrently, which shm-ext
     // allows for by touching it only through atomics and volatile copies.
     let region = unsafe { Region::new(dev.shared as *mut u8, dev.shared_len as usize) };
     let deadline = time::now_ns() + ATTACH_WAIT_NS;
-    let shm = Shm::attach(region, &init_params(region.len()), time::now_ns, deadline)
+    let shm = Shm::attach(region, &init_params(region.len(), heartbeat_ms), time::now_ns, deadline)
         .map_err(JoinError::Shm)?;
     let generation = shm.join(id, &facts(dev)).map_err(JoinError::Shm)?;
     crate::kprintln!(

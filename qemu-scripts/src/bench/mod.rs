@@ -234,7 +234,7 @@ pub const DSM_DISK_FIGURES: [&str; 3] = ["dsm-sync-1mib", "dsm-page-out", "dsm-p
 /// Each node's DSM RAM budget in the disk figures' run (`dsm.ram`): the
 /// 1 MiB the sync rewrites and the directory pages (which stay in RAM and
 /// count against the budget) must fit, or pages of the MiB are paged out
-/// before their sync; the paging range is 4x this.
+/// before their sync; the paging range is at least twice this.
 pub const DSM_DISK_RAM_PAGES: u64 = 320;
 
 /// Boots three nodes running `dsm-bench disk N` under a small RAM budget;
