@@ -210,6 +210,7 @@ pub mod entry {
 /// entry: the policy controllers of the others place copies and migrate
 /// pages by it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "std", derive(serde::Serialize))]
 pub struct FreeSpace {
     /// Pages of its DSM RAM budget not in use.
     pub ram_pages: u32,
@@ -735,6 +736,8 @@ pub struct NodeInfo {
     pub app_count: u32,
     /// Free text (the app list).
     pub label: Label,
+    /// What it last published free for the DSM.
+    pub dsm_free: FreeSpace,
 }
 
 impl NodeInfo {
@@ -775,6 +778,10 @@ impl NodeInfo {
             memory_mib: le_u64(e, entry::MEMORY_MIB),
             app_count: le_u32(e, entry::APP_COUNT),
             label,
+            dsm_free: FreeSpace {
+                ram_pages: le_u32(e, entry::DSM_FREE_RAM),
+                disk_pages: le_u32(e, entry::DSM_FREE_DISK),
+            },
         })
     }
 }

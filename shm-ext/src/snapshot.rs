@@ -127,11 +127,14 @@ impl fmt::Display for Snapshot {
             .iter()
             .filter(|r| r.info.is_some_and(|i| i.state == NodeState::Unused))
             .count();
-        writeln!(f, "nodes ({unused} entries unused):")?;
         writeln!(
             f,
-            "  {:>3}  {:<7}  {:>5}  {:>10}  {:>5}  {:>8}  {:>4}  label",
-            "id", "state", "gen", "heartbeat", "peer", "mem MiB", "apps"
+            "nodes ({unused} entries unused; DSM RAM and disk: free pages published):"
+        )?;
+        writeln!(
+            f,
+            "  {:>3}  {:<7}  {:>5}  {:>10}  {:>5}  {:>8}  {:>9}  {:>9}  {:>4}  label",
+            "id", "state", "gen", "heartbeat", "peer", "mem MiB", "DSM RAM", "DSM disk", "apps"
         )?;
         for r in self.nodes.as_slice() {
             match (r.info, r.error) {
@@ -146,7 +149,15 @@ impl fmt::Display for Snapshot {
                         Some(p) => write!(f, "{p:>5}")?,
                         None => write!(f, "{:>5}", "-")?,
                     }
-                    writeln!(f, "  {:>8}  {:>4}  {}", i.memory_mib, i.app_count, i.label)?;
+                    writeln!(
+                        f,
+                        "  {:>8}  {:>9}  {:>9}  {:>4}  {}",
+                        i.memory_mib,
+                        i.dsm_free.ram_pages,
+                        i.dsm_free.disk_pages,
+                        i.app_count,
+                        i.label
+                    )?;
                 }
                 (None, Some(e)) => writeln!(f, "  {:>3}  unreadable: {e}", r.id)?,
                 (None, None) => {}

@@ -9,7 +9,9 @@ use std::sync::atomic::Ordering;
 use common::{SIZE, attach, facts};
 use shm_ext::format::{NODE_ENTRY_LEN, entry};
 use shm_ext::host::HeapRegion;
-use shm_ext::{Doorbell, Generation, NoDoorbell, NodeFacts, NodeState, ShmError, Snapshot};
+use shm_ext::{
+    Doorbell, FreeSpace, Generation, NoDoorbell, NodeFacts, NodeState, ShmError, Snapshot,
+};
 
 #[test]
 fn join_makes_a_node_live_with_its_facts() {
@@ -321,4 +323,31 @@ fn progress_is_per_generation_and_reset_by_rejoin() {
         ShmError::StaleGeneration
     );
     shm.set_progress(2, g2, 1).unwrap();
+}
+
+#[test]
+fn free_space_is_published_per_generation_and_reset_by_rejoin() {
+    let mem = HeapRegion::new(SIZE);
+    let shm = attach(mem.region()).unwrap();
+    let g1 = shm.join(1, &facts("a")).unwrap();
+    assert_eq!(shm.free_space(1), Ok(FreeSpace::default()));
+    let free = FreeSpace {
+        ram_pages: 300,
+        disk_pages: 65_000,
+    };
+    shm.publish_free(1, g1, free).unwrap();
+    assert_eq!(shm.free_space(1), Ok(free));
+    assert_eq!(shm.node(1).unwrap().dsm_free, free, "in the node's info");
+    let g2 = shm.join(1, &facts("a")).unwrap();
+    assert_eq!(
+        shm.free_space(1),
+        Ok(FreeSpace::default()),
+        "zeroed at join"
+    );
+    assert_eq!(
+        shm.publish_free(1, g1, free).unwrap_err(),
+        ShmError::StaleGeneration
+    );
+    shm.publish_free(1, g2, free).unwrap();
+    assert!(shm.free_space(99).is_err(), "no such node entry");
 }

@@ -162,6 +162,9 @@ pub struct RangeRow {
     /// Its responsible node (from the directory, else from the node that
     /// lists it as its own); `null`: none.
     pub responsible: Option<u16>,
+    /// The nodes its policy controller chose for its disk copies besides
+    /// the responsible node's (from its directory entry; empty: ring order).
+    pub replicas: Vec<u16>,
     /// True if the published directory tree names it.
     pub in_tree: bool,
     /// The node whose report gave the page records (the responsible node).
@@ -433,7 +436,9 @@ fn ranges(reports: &BTreeMap<u16, NodeReport>, leaves: &[DirEntry]) -> Vec<Range
     for e in leaves {
         named.insert((e.first, e.last));
         let responsible = (e.responsible != NO_NODE).then_some(e.responsible);
-        out.push(range_row(reports, e.first, e.last, responsible, true));
+        let mut row = range_row(reports, e.first, e.last, responsible, true);
+        row.replicas = e.replicas.iter().collect();
+        out.push(row);
     }
     for r in reports.values() {
         for g in &r.ranges {
@@ -457,6 +462,7 @@ fn range_row(
         last: hex(last),
         page_count: page_count(first, last),
         responsible,
+        replicas: Vec::new(),
         in_tree,
         records_from: None,
         pages: Vec::new(),
@@ -640,11 +646,16 @@ impl fmt::Display for DsmView {
         for r in &self.ranges {
             writeln!(
                 f,
-                "  range {}..{} ({} pages), responsible node {}: {} touched page(s)",
+                "  range {}..{} ({} pages), responsible node {}{}: {} touched page(s)",
                 r.first,
                 r.last,
                 r.page_count,
                 opt(r.responsible),
+                if r.replicas.is_empty() {
+                    String::new()
+                } else {
+                    format!(", copies also on {:?}", r.replicas)
+                },
                 r.pages.len()
             )?;
             for n in &r.notes {
@@ -737,7 +748,8 @@ mod tests {
                 last: r.last(),
                 child: GlobalAddr(0),
                 responsible: *n,
-                replicas: Default::default(),
+                // Copies placed on the node two after the responsible one.
+                replicas: shm_ext::NodeSet(1 << ((n + 2) % 3)),
             });
         }
         root
@@ -815,6 +827,7 @@ mod tests {
             assert_eq!(row.responsible, Some(n));
             assert!(row.in_tree);
             assert_eq!(row.page_count, 3);
+            assert_eq!(row.replicas, vec![(n + 2) % 3]);
             assert_eq!(row.pages.len(), 2);
             assert!(row.pages.iter().all(|p| p.owner == Some(n)));
             assert!(row.notes.is_empty(), "{:?}", row.notes);
@@ -822,7 +835,10 @@ mod tests {
         assert_eq!(v.directory_pages.len(), 1, "node 0's record of the root");
         let text = v.to_string();
         assert!(text.contains("DSM: 2 report(s)"), "{text}");
-        assert!(text.contains("responsible node 1"), "{text}");
+        assert!(
+            text.contains("responsible node 1, copies also on [0]"),
+            "{text}"
+        );
         assert!(text.contains("skipped: "), "{text}");
         let json = serde_json::to_value(&v).unwrap();
         assert_eq!(json["directory"]["entries"][1]["responsible"], 1);
