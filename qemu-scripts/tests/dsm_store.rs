@@ -152,6 +152,7 @@ impl Run {
                 l.contains("CPU exception")
                     || l.contains("KERNEL PANIC")
                     || l.contains("DSM message from")
+                    || l.contains("DSM: cannot read the directory")
             }) {
                 panic!(
                     "{}: node {node}: {line}\n--- serial log ---\n{}",

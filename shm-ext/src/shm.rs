@@ -481,11 +481,7 @@ impl<'a> Shm<'a> {
         generation: Generation,
         value: u32,
     ) -> Result<(), ShmError> {
-        let word = self.status(node)?.load(Ordering::Acquire);
-        let (state, g) = split_status(word);
-        if g != generation || NodeState::from_raw(state) != Some(NodeState::Live) {
-            return Err(Self::refusal(word, generation));
-        }
+        self.check_live_as(node, generation)?;
         self.entry_u32(node, entry::PROGRESS)?
             .store(value, Ordering::Release);
         Ok(())
@@ -506,11 +502,7 @@ impl<'a> Shm<'a> {
         generation: Generation,
         free: FreeSpace,
     ) -> Result<(), ShmError> {
-        let word = self.status(node)?.load(Ordering::Acquire);
-        let (state, g) = split_status(word);
-        if g != generation || NodeState::from_raw(state) != Some(NodeState::Live) {
-            return Err(Self::refusal(word, generation));
-        }
+        self.check_live_as(node, generation)?;
         self.entry_u32(node, entry::DSM_FREE_RAM)?
             .store(free.ram_pages, Ordering::Relaxed);
         self.entry_u32(node, entry::DSM_FREE_DISK)?
@@ -528,6 +520,16 @@ impl<'a> Shm<'a> {
                 .entry_u32(node, entry::DSM_FREE_DISK)?
                 .load(Ordering::Relaxed),
         })
+    }
+
+    /// `Ok` while `node` is live as `generation`; else why not.
+    fn check_live_as(&self, node: u16, generation: Generation) -> Result<(), ShmError> {
+        let word = self.status(node)?.load(Ordering::Acquire);
+        let (state, g) = split_status(word);
+        if g != generation || NodeState::from_raw(state) != Some(NodeState::Live) {
+            return Err(Self::refusal(word, generation));
+        }
+        Ok(())
     }
 
     fn entry_u32(&self, node: u16, field: usize) -> Result<&'a AtomicU32, ShmError> {

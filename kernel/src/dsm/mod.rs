@@ -375,7 +375,15 @@ pub fn recover(node: &'static Node) {
     let Some(stored) = with(|d| d.engine.disk().map(|disk| disk.stored())) else {
         return;
     };
+    // The live nodes first: the directory walk asks the responsible nodes
+    // of its pages, and one missing now must be stood in for (else the
+    // walk waited for it and gave up with `Busy`).
     let live = node.live();
+    with(|d| {
+        let mut out = Vec::new();
+        let _ = d.engine.set_live(live, &mut out);
+        d.apply(out);
+    });
     let walked = match stored {
         Some(n) if n > 0 => learn_ranges(node),
         _ => Ok(0),
@@ -385,7 +393,6 @@ pub fn recover(node: &'static Node) {
     }
     with(|d| {
         let mut out = Vec::new();
-        let _ = d.engine.set_live(live, &mut out);
         let _ = d.engine.set_ready(&mut out);
         d.apply(out);
         if stored.is_some_and(|n| n > 0) && walked.is_ok() {

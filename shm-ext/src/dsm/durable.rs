@@ -168,12 +168,22 @@ impl Disk for MemDisk {
     }
 
     fn pages_after(&self, after: Option<GlobalAddr>, max: usize) -> alloc::vec::Vec<GlobalAddr> {
-        use core::ops::Bound;
-        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
-        self.pages
-            .range((from, Bound::Unbounded))
-            .map(|(a, _)| *a)
-            .take(max)
-            .collect()
+        keys_after(&self.pages, after, max)
     }
+}
+
+/// Up to `max` keys of `index` after `after` (from the start if `None`), in
+/// order: [`Disk::pages_after`] for stores that index their pages.
+pub fn keys_after<V>(
+    index: &BTreeMap<GlobalAddr, V>,
+    after: Option<GlobalAddr>,
+    max: usize,
+) -> alloc::vec::Vec<GlobalAddr> {
+    use core::ops::Bound;
+    let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+    index
+        .range((from, Bound::Unbounded))
+        .map(|(a, _)| *a)
+        .take(max)
+        .collect()
 }

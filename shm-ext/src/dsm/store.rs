@@ -1084,12 +1084,6 @@ impl<D: BlockDevice> Disk for PageStore<D> {
     /// From the index, without listing every page (the default does: a
     /// walk over a full disk in batches cost seconds with ring 0 emulated).
     fn pages_after(&self, after: Option<GlobalAddr>, max: usize) -> Vec<GlobalAddr> {
-        use core::ops::Bound;
-        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
-        self.index
-            .range((from, Bound::Unbounded))
-            .map(|(a, _)| *a)
-            .take(max)
-            .collect()
+        super::durable::keys_after(&self.index, after, max)
     }
 }
