@@ -247,8 +247,8 @@ extern "C" fn interrupt_dispatch(frame: &mut TrapFrame) {
     match frame.vector as u8 {
         v if v < 32 => fault::handle_exception(frame),
         TIMER_VECTOR => {
-            let ticks = crate::time::on_tick();
-            crate::cluster::on_tick(ticks);
+            crate::time::on_tick();
+            crate::cluster::on_tick();
             // Before any task switch: the next tick must not wait for this one.
             apic::end_of_interrupt();
             crate::task::on_tick();

@@ -165,7 +165,7 @@ fn attach_pools(shm: &Shm<'static>, id: u16, generation: Generation) -> Option<P
 /// Called from the timer interrupt: beats the heart once a period has
 /// passed (by the clock, not by counting ticks: ticks held off while
 /// interrupts are off are not all delivered afterwards).
-pub fn on_tick(_ticks: u64) {
+pub fn on_tick() {
     beat_if_due("tick");
 }
 
