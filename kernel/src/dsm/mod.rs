@@ -408,7 +408,7 @@ pub fn recover(node: &'static Node) {
 /// cleanly are not taken out here: their owned pages would silently read
 /// as their last synced state.
 pub fn nodes_lost(node: &'static Node, died: NodeSet) {
-    let Some(Some(stored)) = with(|d| {
+    let Some(Some(used_disk)) = with(|d| {
         let live = NodeSet(d.engine.live().0 & !died.0);
         if live == d.engine.live() {
             return None;
@@ -416,15 +416,17 @@ pub fn nodes_lost(node: &'static Node, died: NodeSet) {
         let mut out = Vec::new();
         let _ = d.engine.set_live(live, &mut out);
         d.apply(out);
-        Some(d.engine.disk().map(|disk| disk.stored()))
+        let used = d.engine.known_ranges().next().is_some();
+        Some(d.engine.disk().map(|disk| used || disk.stored() > 0))
     }) else {
         return;
     };
     // Restoring copies forgets stored pages of ranges this node does not
     // know: learn them all first (this node may never have mapped some).
-    // Not without stored pages: nothing to restore, and the walk would wait
-    // for directory pages on nodes that left (they are not taken out).
-    let restoring = stored.is_some_and(|n| n > 0)
+    // Not on a node that never used the DSM: nothing to restore, and the
+    // walk would wait for directory pages on nodes that left (they are not
+    // taken out).
+    let restoring = used_disk == Some(true)
         && match learn_ranges(node) {
             Ok(_) => with(|d| d.rereplicating = Some(None)).is_some(),
             Err(e) => {
